@@ -1,0 +1,187 @@
+"""Preallocated ring buffer of primitive steps with length-H sequence sampling (spec 2.2, 2.6).
+
+Whole episodes are written when they end, so every step can carry its episode's success flag and the step just
+before the write head is always an episode end: a sequence that runs past the newest data, or into the next
+episode, crosses a ``done`` and gets valid = 0 for the steps after it.
+Storage is torch tensors on one device, so on a GPU sampling never leaves the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from ogpo.checks import check_positive_int
+from ogpo.errors import ConfigError, ShapeError
+
+
+@dataclass
+class SequenceBatch:
+    """B length-H sequences starting at s_t.
+
+    obs [B, obs_dim]; actions [B, H, d_a]; R [B] = sum_i gamma^i r_{t+i}; mask [B] = prod_i (1 - terminated);
+    next_obs [B, obs_dim] = s_{t+H}; valid [B, H] with valid_i = 1 - 1[done at some step < i].
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    R: torch.Tensor
+    mask: torch.Tensor
+    next_obs: torch.Tensor
+    valid: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+    def slice(self, n: int) -> SequenceBatch:
+        return SequenceBatch(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+
+
+class ReplayBuffer:
+    """Ring buffer of primitive transitions; ``sample`` draws sequences, ``sample(success_only=True)`` the
+    success-buffer view (starts inside successful episodes)."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: str | torch.device = "cpu") -> None:
+        check_positive_int("replay capacity", capacity)
+        self.capacity, self.obs_dim, self.act_dim = capacity, obs_dim, act_dim
+        self.device = torch.device(device)
+        z = dict(device=self.device)
+        self.obs = torch.zeros(capacity, obs_dim, **z)
+        self.next_obs = torch.zeros(capacity, obs_dim, **z)
+        self.actions = torch.zeros(capacity, act_dim, **z)
+        self.rewards = torch.zeros(capacity, **z)
+        self.terminated = torch.zeros(capacity, **z)
+        self.done = torch.zeros(capacity, **z)
+        self.success = torch.zeros(capacity, dtype=torch.bool, **z)
+        self.ptr = 0
+        self.size = 0
+        self.episodes = 0
+        self.successful_episodes = 0
+        self._succ_idx: torch.Tensor | None = None
+
+    # ---- writing ---------------------------------------------------------------------------------------
+    def add_episode(
+        self,
+        obs: np.ndarray | torch.Tensor,
+        actions: np.ndarray | torch.Tensor,
+        rewards: np.ndarray | torch.Tensor,
+        next_obs: np.ndarray | torch.Tensor,
+        terminated: bool,
+        success: bool,
+    ) -> None:
+        """Append one finished episode of T steps. The last step is terminated or truncated (time limit)."""
+        obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
+        T = obs_t.shape[0]
+        if T == 0:
+            raise ShapeError("replay: cannot add an empty episode")
+        if T > self.capacity:
+            raise ShapeError(f"replay: episode of {T} steps exceeds capacity {self.capacity}")
+        cols = {
+            "obs": (obs_t, (T, self.obs_dim)),
+            "actions": (torch.as_tensor(np.asarray(actions), dtype=torch.float32), (T, self.act_dim)),
+            "rewards": (torch.as_tensor(np.asarray(rewards), dtype=torch.float32), (T,)),
+            "next_obs": (torch.as_tensor(np.asarray(next_obs), dtype=torch.float32), (T, self.obs_dim)),
+        }
+        for name, (x, shape) in cols.items():
+            if tuple(x.shape) != shape:
+                raise ShapeError(f"replay episode {name}: expected shape {list(shape)}, got {list(x.shape)}")
+            if not bool(torch.isfinite(x).all()):
+                raise ShapeError(f"replay episode {name}: contains NaN or inf")
+        idx = (self.ptr + torch.arange(T)) % self.capacity
+        idx = idx.to(self.device)
+        self.obs[idx] = obs_t
+        self.actions[idx] = cols["actions"][0].to(self.device)
+        self.rewards[idx] = cols["rewards"][0].to(self.device)
+        self.next_obs[idx] = cols["next_obs"][0].to(self.device)
+        term = torch.zeros(T, device=self.device)
+        term[-1] = float(terminated)
+        done = torch.zeros(T, device=self.device)
+        done[-1] = 1.0
+        self.terminated[idx] = term
+        self.done[idx] = done
+        self.success[idx] = bool(success)
+        self.ptr = (self.ptr + T) % self.capacity
+        self.size = min(self.size + T, self.capacity)
+        self.episodes += 1
+        self.successful_episodes += int(bool(success))
+        self._succ_idx = None
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    @property
+    def num_success_steps(self) -> int:
+        return int(self._success_indices().numel())
+
+    def success_active(self, batch_size: int, H: int) -> bool:
+        """Spec 2.6: the success view is used once it holds >= batch_size (x UTD) + H transitions."""
+        return self.num_success_steps >= batch_size + H
+
+    def _success_indices(self) -> torch.Tensor:
+        if self._succ_idx is None:
+            self._succ_idx = torch.nonzero(self.success[: self.size]).squeeze(-1)
+        return self._succ_idx
+
+    def sample(
+        self,
+        batch_size: int,
+        H: int,
+        gamma: float,
+        generator: torch.Generator | None = None,
+        success_only: bool = False,
+    ) -> SequenceBatch:
+        """Draw ``batch_size`` length-H sequences with uniformly random starts (spec 2.2)."""
+        check_positive_int("H", H)
+        if self.size == 0:
+            raise ConfigError("replay: cannot sample from an empty buffer")
+        if success_only:
+            pool = self._success_indices()
+            if pool.numel() == 0:
+                raise ConfigError("replay: success buffer is empty")
+            pick = torch.randint(pool.numel(), (batch_size,), generator=generator, device=self.device)
+            start = pool[pick]
+        else:
+            start = torch.randint(self.size, (batch_size,), generator=generator, device=self.device)
+        offs = torch.arange(H, device=self.device)
+        idx = (start.unsqueeze(1) + offs) % self.capacity  # [B, H]
+        done = self.done[idx]
+        # valid_i = 1 - 1[done at some step < i]: exclusive cumulative "any done so far"
+        done_before = torch.cumsum(done, dim=1) - done
+        valid = (done_before == 0).float()
+        # a step in never-written memory (buffer not yet full) is never valid
+        if self.size < self.capacity:
+            valid = valid * (idx < self.size).float()
+        disc = gamma ** offs.float()
+        R = (self.rewards[idx] * disc).sum(1)
+        mask = (1.0 - self.terminated[idx]).prod(1)
+        return SequenceBatch(
+            obs=self.obs[start],
+            actions=self.actions[idx],
+            R=R,
+            mask=mask,
+            next_obs=self.next_obs[idx[:, -1]],
+            valid=valid,
+        )
+
+    # ---- persistence (resumable training) ----------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        n = self.size
+        return {
+            "obs": self.obs[:n].cpu() if n < self.capacity else self.obs.cpu(),
+            "next_obs": self.next_obs[:n].cpu() if n < self.capacity else self.next_obs.cpu(),
+            "actions": self.actions[:n].cpu() if n < self.capacity else self.actions.cpu(),
+            "rewards": self.rewards[:n].cpu() if n < self.capacity else self.rewards.cpu(),
+            "terminated": self.terminated[:n].cpu() if n < self.capacity else self.terminated.cpu(),
+            "done": self.done[:n].cpu() if n < self.capacity else self.done.cpu(),
+            "success": self.success[:n].cpu() if n < self.capacity else self.success.cpu(),
+            "counters": torch.tensor([self.ptr, self.size, self.episodes, self.successful_episodes]),
+        }
+
+    def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
+        ptr, size, episodes, succ = (int(v) for v in t["counters"])
+        if size > self.capacity:
+            raise ConfigError(f"replay state holds {size} steps, more than capacity {self.capacity}")
+        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "done", "success"):
+            getattr(self, name)[: t[name].shape[0]] = t[name].to(self.device)
+        self.ptr, self.size, self.episodes, self.successful_episodes = ptr, size, episodes, succ
+        self._succ_idx = None
