@@ -1,0 +1,261 @@
+"""The OGPO update (spec 2.3-2.9, 3.1-3.3): group-relative PPO over whole denoising chains, scored by an
+off-policy critic ensemble, plus the chunked TD critic step.
+
+One call to ``OGPOAgent.update`` is one actor step and one critic step (UTD 1), in the order the official code
+runs (actor -> actor EMA -> critic -> critic EMA) unless ``update_order="critic_first"`` (the paper's order).
+Everything is batched: B states x G chains are one tensor of B*G rows; the M critic heads are one module.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ogpo.agents.schedules import SCHEDULES
+from ogpo.checks import check_positive_int
+from ogpo.critic import CriticConfig, CriticPair, critic_loss, td_target
+from ogpo.data.replay import SequenceBatch
+from ogpo.errors import ConfigError, TrainingError
+from ogpo.gcp.base import GCP
+from ogpo.nets import ema_update_
+
+VARIANTS = {
+    # variant: (success-buffer BC regularizer, advantage strategy)
+    "ogpo": (False, "vanilla"),
+    "ogpo+": (True, "vanilla"),
+    "ogpo+ca": (True, "conservative"),
+}
+
+
+@dataclass
+class OGPOConfig:
+    """Defaults are what the official code runs (spec 8.1); paper-vs-code choices are options (spec 9.5)."""
+
+    variant: str = "ogpo+ca"
+    G: int = 32  # chains per state (group_num_samples)
+    ppo_batch_size: int = 256  # states per actor step
+    batch_size: int = 256  # sequences per critic step
+    eps: float = 0.01  # PPO clip (both sides)
+    lambda_bc: float = 1.0  # success-buffer BC weight (OGPO+)
+    gamma: float = 0.99
+    tau_actor: float = 0.005
+    tau_critic: float = 0.05
+    actor_lr: float = 4.5e-5
+    actor_lr_floor: float = 2e-5
+    actor_lr_schedule: str = "cosine"  # repeating cosine with warm restarts
+    lr_warmup: int = 2000
+    lr_period: int = 50_000
+    critic_lr: float = 4.5e-5  # code: critic optimizer rebuilt with ppo_lr online; the paper declares 3e-4
+    critic_weight_decay: float = 1e-5
+    grad_clip: float = 1000.0
+    best_of_n: int = 8  # rollout candidates scored with Q_BoN (1 = plain SDE sampling)
+    bon_heads: int = 2  # Q_BoN = min over this many random heads per (state, candidate)
+    success_buffer_td: bool = True  # extra critic step on a success-buffer batch (spec 2.2)
+    q_vr_samples: int = 1  # next-chunk samples in the TD target (8 = Q-variance reduction)
+    q_vr_reduce: str = "mean"
+    normalize_group_std: bool = False  # GRPO std normalisation: ablation only (hurts)
+    adv_clip_min: float | None = None  # 0 gives the OGPO-NN ablation
+    update_order: str = "actor_first"  # "critic_first" = the paper's Algorithm 1
+
+    def validate(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        check_positive_int("G", self.G, minimum=2)
+        check_positive_int("ppo_batch_size", self.ppo_batch_size)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("best_of_n", self.best_of_n)
+        check_positive_int("q_vr_samples", self.q_vr_samples)
+        if self.update_order not in ("actor_first", "critic_first"):
+            raise ConfigError(f"update_order must be actor_first or critic_first, got {self.update_order!r}")
+        if self.actor_lr_schedule not in SCHEDULES:
+            raise ConfigError(f"actor_lr_schedule must be one of {sorted(SCHEDULES)}")
+        for name in ("eps", "actor_lr", "critic_lr", "tau_actor", "tau_critic"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"gamma must be in (0, 1], got {self.gamma!r}")
+        if self.lambda_bc < 0:
+            raise ConfigError(f"lambda_bc must be >= 0, got {self.lambda_bc!r}")
+
+
+def group_advantages(
+    q: torch.Tensor, strategy: str, normalize_std: bool = False, clip_min: float | None = None
+) -> torch.Tensor:
+    """Advantages [B, G] from target-critic scores q [M, B, G] (spec 2.4, 3.2).
+
+    vanilla: mean over heads minus the group mean. conservative (CA): per-head group advantages; take the
+    least optimistic when all heads agree it is better, the smallest magnitude when all agree it is worse,
+    and 0 when heads disagree on the sign.
+    """
+    per_head = q - q.mean(-1, keepdim=True)  # [M, B, G]
+    if strategy == "vanilla":
+        adv = per_head.mean(0)
+    elif strategy == "conservative":
+        lo, hi = per_head.min(0).values, per_head.max(0).values
+        adv = torch.where(lo > 0, lo, torch.where(hi < 0, hi, torch.zeros_like(lo)))
+    else:
+        raise ConfigError(f"advantage strategy must be vanilla or conservative, got {strategy!r}")
+    if normalize_std:
+        adv = adv / (q.mean(0).std(-1, keepdim=True) + 1e-6)
+    if clip_min is not None:
+        adv = adv.clamp(min=clip_min)
+    return adv
+
+
+def ppo_clip_loss(
+    lp_new: torch.Tensor, lp_old: torch.Tensor, adv: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-(mean of min(rho A, clip(rho, 1-eps, 1+eps) A)) with rho = exp(lp_new - lp_old); also the clip fraction."""
+    ratio = torch.exp(lp_new - lp_old)
+    surr = torch.minimum(ratio * adv, ratio.clamp(1.0 - eps, 1.0 + eps) * adv)
+    clip_frac = ((ratio - 1.0).abs() > eps).float().mean()
+    return -surr.mean(), clip_frac
+
+
+def _check_finite_step(name: str, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """Stop before the optimizer step when a loss or gradient is not finite (weights stay the last good ones).
+    One host sync per step: cheap next to the B*G*K network evaluations of an update."""
+    if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
+        raise TrainingError(f"{name} is not finite (loss={float(loss):.4g}); stopped before the optimizer step")
+
+
+class OGPOAgent:
+    """Actor (GCP) + EMA actor + critic ensemble pair, their optimizers and LR schedules."""
+
+    def __init__(
+        self, actor: GCP, critic_cfg: CriticConfig, cfg: OGPOConfig, target_actor: GCP | None = None, seed: int = 0
+    ) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.actor = actor
+        self.target_actor = (target_actor if target_actor is not None else copy.deepcopy(actor)).requires_grad_(False)
+        dev = next(actor.parameters()).device
+        self.critic = CriticPair(critic_cfg).to(dev)
+        self.H = actor.cfg.H
+        self.bc_reg, self.adv_strategy = VARIANTS[cfg.variant]
+        self.actor_opt = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-8, weight_decay=0.0)
+        self.critic_opt = torch.optim.AdamW(
+            self.critic.online.parameters(), lr=cfg.critic_lr, eps=1e-8, weight_decay=cfg.critic_weight_decay
+        )
+        self.step = 0
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(seed)
+
+    # ---- acting ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, mode: str = "bon") -> torch.Tensor:
+        """Action chunks [N, H, d_a] for states obs [N, obs_dim].
+
+        mode "bon": Best-of-N SDE chunks from the EMA actor scored by Q_BoN = min of ``bon_heads`` random target
+        heads per (state, candidate) (spec 2.7); "sde": one SDE chunk from the EMA actor; "ode": deterministic
+        chunk from the online actor (the evaluation policy of spec 8.1).
+        """
+        if mode == "ode":
+            return self.actor.sample(obs, deterministic=True, generator=self.generator).actions
+        n = self.cfg.best_of_n if mode == "bon" else 1
+        if mode not in ("bon", "sde"):
+            raise ConfigError(f"act mode must be bon, sde or ode, got {mode!r}")
+        N = obs.shape[0]
+        obs_rep = obs.repeat_interleave(n, dim=0)
+        s = self.target_actor.sample(obs_rep, deterministic=False, generator=self.generator)
+        if n == 1:
+            return s.actions
+        q = self.critic.target(obs_rep, s.actions)  # [M, N*n]
+        M = q.shape[0]
+        heads = torch.randint(M, (self.cfg.bon_heads, N * n), generator=self.generator, device=q.device)
+        q_bon = q.gather(0, heads).min(0).values.view(N, n)
+        best = q_bon.argmax(1)
+        return s.actions.view(N, n, *s.actions.shape[1:])[torch.arange(N, device=q.device), best]
+
+    # ---- learning --------------------------------------------------------------------------------------
+    def set_lr(self) -> None:
+        c = self.cfg
+        lr = SCHEDULES[c.actor_lr_schedule](self.step, c.actor_lr, c.actor_lr_floor, c.lr_warmup, c.lr_period)
+        for g in self.actor_opt.param_groups:
+            g["lr"] = lr
+
+    def actor_step(self, batch: SequenceBatch, bc_batch: SequenceBatch) -> dict[str, torch.Tensor]:
+        c = self.cfg
+        states = batch.obs[: c.ppo_batch_size]
+        B = states.shape[0]
+        obs_rep = states.repeat_interleave(c.G, dim=0)
+        with torch.no_grad():
+            s = self.target_actor.sample(obs_rep, deterministic=False, generator=self.generator)
+            q = self.critic.target(obs_rep, s.actions).view(-1, B, c.G)  # [M, B, G]
+            adv = group_advantages(q, self.adv_strategy, c.normalize_group_std, c.adv_clip_min).reshape(-1)
+        lp = self.actor.log_prob(obs_rep, s.chain)
+        ppo, clip_frac = ppo_clip_loss(lp, s.log_prob, adv, c.eps)
+        bc = self.actor.bc_loss(bc_batch.obs, bc_batch.actions, bc_batch.valid, generator=self.generator)
+        loss = ppo + (c.lambda_bc * bc if self.bc_reg else 0.0 * bc)
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
+        _check_finite_step("actor loss", loss, gn)
+        self.set_lr()
+        self.actor_opt.step()
+        ema_update_(self.target_actor, self.actor, c.tau_actor)
+        return {
+            "actor_loss": ppo.detach(),
+            "bc_loss": bc.detach(),
+            "clip_frac": clip_frac,
+            "adv_mean": adv.mean(),
+            "adv_abs": adv.abs().mean(),
+            "adv_zero_frac": (adv == 0).float().mean(),
+            "q_mean": q.mean(),
+        }
+
+    def sample_next_chunks(self, batch: SequenceBatch) -> torch.Tensor:
+        """A' ~ pi_bar(.|s_{t+H}) for the TD target: [B, q_vr_samples, H*d_a] (SDE, spec 2.2)."""
+        n = self.cfg.q_vr_samples
+        with torch.no_grad():
+            s = self.target_actor.sample(
+                batch.next_obs.repeat_interleave(n, dim=0), deterministic=False, generator=self.generator
+            )
+        return s.actions.reshape(len(batch), n, -1)
+
+    def critic_step(self, batch: SequenceBatch, next_chunks: torch.Tensor, name: str = "critic") -> torch.Tensor:
+        c = self.cfg
+        y = td_target(
+            self.critic.target, next_chunks, batch.next_obs, batch.R, batch.mask, c.gamma, self.H, c.q_vr_reduce
+        )
+        q = self.critic.online(batch.obs, batch.actions)
+        loss = critic_loss(q, y, batch.valid[:, -1])
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.critic.online.parameters(), c.grad_clip)
+        _check_finite_step(f"{name} loss", loss, gn)
+        self.critic_opt.step()
+        self.critic.ema_(c.tau_critic)
+        return loss.detach()
+
+    def update(self, batch: SequenceBatch, success_batch: SequenceBatch | None = None) -> dict[str, torch.Tensor]:
+        """One OGPO update. ``success_batch`` is a success-buffer batch when that buffer is active, else None:
+        BC then falls back to the replay batch (spec 3.1) and the success-buffer TD step is skipped."""
+        bc_batch = success_batch if success_batch is not None else batch
+        next_chunks = self.sample_next_chunks(batch)  # from pi_bar before this step's EMA (as the code)
+        if self.cfg.update_order == "critic_first":
+            metrics = {"critic_loss": self.critic_step(batch, next_chunks)}
+            metrics.update(self.actor_step(batch, bc_batch))
+        else:
+            metrics = self.actor_step(batch, bc_batch)
+            metrics["critic_loss"] = self.critic_step(batch, next_chunks)
+        if self.cfg.success_buffer_td and success_batch is not None:
+            metrics["critic_loss_success"] = self.critic_step(
+                success_batch, self.sample_next_chunks(success_batch), "success-buffer critic"
+            )
+        self.step += 1
+        return metrics
+
+    # ---- persistence -----------------------------------------------------------------------------------
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {
+            "actor": self.actor,
+            "target_actor": self.target_actor,
+            "critic": self.critic.online,
+            "target_critic": self.critic.target,
+        }
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}

@@ -1,0 +1,158 @@
+"""A cheap 2-D point-robot task with sparse success, for learning tests that run in minutes on a CPU.
+
+The robot starts on the left of a wall and must reach a goal disc on the right. The wall has two narrow gaps
+(upper and lower), so demonstrations are multimodal: the scripted demonstrator picks a gap at random. Hitting
+the wall blocks the move, so an imprecise policy wastes steps and runs out of time: success is a real,
+sparse signal. Reward follows the robomimic convention of spec 5 (-1 per step, +5 on success, terminate on
+success). All N envs are simulated together in numpy (vectorized), far faster than the learner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ogpo.envs.base import StepResult
+from ogpo.errors import ShapeError
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    horizon: int = 40  # primitive steps per episode
+    step_size: float = 0.1  # displacement per unit action
+    wall_half_width: float = 0.05
+    gap_centers: tuple[float, ...] = (0.5, -0.5)
+    gap_half_height: float = 0.08
+    goal: tuple[float, float] = (0.75, 0.0)
+    goal_radius: float = 0.12
+    start_x: float = -0.75
+    start_y_range: float = 0.3
+    success_bonus: float = 5.0
+
+
+class PointGapEnv:
+    """Vectorized point robot behind a wall with gaps; implements ogpo.envs.base.VectorEnv."""
+
+    obs_dim = 2
+    act_dim = 2
+
+    def __init__(self, num_envs: int, cfg: ToyConfig | None = None) -> None:
+        self.cfg = cfg or ToyConfig()
+        self.num_envs = num_envs
+        self.horizon = self.cfg.horizon
+        self.pos = np.zeros((num_envs, 2))
+        self.t = np.zeros(num_envs, dtype=np.int64)
+        self.rng = np.random.default_rng(0)
+
+    def _sample_starts(self, n: int) -> np.ndarray:
+        y = self.rng.uniform(-self.cfg.start_y_range, self.cfg.start_y_range, size=n)
+        return np.stack([np.full(n, self.cfg.start_x), y], axis=1)
+
+    def reset(self, seed: int) -> np.ndarray:
+        self.rng = np.random.default_rng(seed)
+        self.pos = self._sample_starts(self.num_envs)
+        self.t[:] = 0
+        return self.pos.astype(np.float32)
+
+    def _blocked(self, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+        """A move is blocked if the segment enters the wall slab at a height outside every gap."""
+        w = self.cfg.wall_half_width
+        x0, x1 = old[:, 0], new[:, 0]
+        touches = (np.minimum(x0, x1) <= w) & (np.maximum(x0, x1) >= -w)
+        # height where the segment is inside the slab: check both slab faces and the endpoints inside it
+        ys = []
+        for xf in (-w, w):
+            dx = x1 - x0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s = np.where(np.abs(dx) > 1e-12, (xf - x0) / dx, 0.0)
+            s = np.clip(s, 0.0, 1.0)
+            ys.append(old[:, 1] + s * (new[:, 1] - old[:, 1]))
+        ys.append(new[:, 1])
+        in_gap = np.ones_like(touches)
+        for y in ys:
+            ok = np.zeros_like(touches)
+            for c in self.cfg.gap_centers:
+                ok |= np.abs(y - c) <= self.cfg.gap_half_height
+            in_gap &= ok
+        return touches & ~in_gap
+
+    def step(self, actions: np.ndarray) -> StepResult:
+        a = np.asarray(actions, dtype=np.float64)
+        if a.shape != (self.num_envs, self.act_dim):
+            raise ShapeError(f"toy env actions: expected shape [{self.num_envs}, 2], got {list(a.shape)}")
+        if not np.isfinite(a).all():
+            raise ShapeError("toy env actions: contain NaN or inf")
+        a = np.clip(a, -1.0, 1.0)
+        new = np.clip(self.pos + self.cfg.step_size * a, -1.0, 1.0)
+        blocked = self._blocked(self.pos, new)
+        self.pos = np.where(blocked[:, None], self.pos, new)
+        self.t += 1
+        success = np.linalg.norm(self.pos - np.asarray(self.cfg.goal), axis=1) <= self.cfg.goal_radius
+        reward = -1.0 + self.cfg.success_bonus * success
+        terminated = success.copy()
+        truncated = (self.t >= self.horizon) & ~terminated
+        final_obs = self.pos.astype(np.float32).copy()
+        ended = terminated | truncated
+        if ended.any():
+            self.pos[ended] = self._sample_starts(int(ended.sum()))
+            self.t[ended] = 0
+        return StepResult(
+            obs=self.pos.astype(np.float32),
+            reward=reward.astype(np.float32),
+            terminated=terminated,
+            truncated=truncated,
+            success=success,
+            final_obs=final_obs,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def scripted_actions(pos: np.ndarray, gap: np.ndarray, cfg: ToyConfig, rng: np.random.Generator, noise: float):
+    """The demonstrator: head for the chosen gap's entrance, pass through it, then go to the goal."""
+    w = cfg.wall_half_width
+    gy = np.asarray(cfg.gap_centers)[gap]
+    aligned = np.abs(pos[:, 1] - gy) < 0.03
+    before = (pos[:, 0] < -w - 0.02) & ~aligned
+    inside = ~before & (pos[:, 0] < w + 0.05)
+    target = np.where(
+        before[:, None],
+        np.stack([np.full_like(gy, -w - 0.05), gy], 1),
+        np.where(inside[:, None], np.stack([np.full_like(gy, w + 0.15), gy], 1), np.asarray(cfg.goal)[None]),
+    )
+    # aim at the gap's height first when far from it, so the robot never grazes the wall
+    a = (target - pos) / cfg.step_size
+    a = np.clip(a, -1.0, 1.0) + noise * rng.standard_normal(pos.shape)
+    return np.clip(a, -1.0, 1.0)
+
+
+def collect_toy_demos(n_episodes: int, seed: int, noise: float = 0.3, cfg: ToyConfig | None = None) -> list[dict]:
+    """Run the scripted demonstrator; returns episodes as dicts of obs, actions, rewards, next_obs, success."""
+    cfg = cfg or ToyConfig()
+    env = PointGapEnv(n_episodes, cfg)
+    obs = env.reset(seed)
+    rng = np.random.default_rng(seed + 1)
+    gap = rng.integers(len(cfg.gap_centers), size=n_episodes)
+    alive = np.ones(n_episodes, dtype=bool)
+    traj: list[list[tuple]] = [[] for _ in range(n_episodes)]
+    episodes: list[dict | None] = [None] * n_episodes
+    while alive.any():
+        act = scripted_actions(env.pos, gap, cfg, rng, noise)
+        res = env.step(act)
+        for i in np.flatnonzero(alive):
+            traj[i].append((obs[i], act[i].astype(np.float32), res.reward[i], res.final_obs[i]))
+            if res.terminated[i] or res.truncated[i]:
+                o, a, r, no = map(np.asarray, zip(*traj[i], strict=True))
+                episodes[i] = dict(
+                    obs=o,
+                    actions=a,
+                    rewards=r,
+                    next_obs=no,
+                    terminated=bool(res.terminated[i]),
+                    success=bool(res.success[i]),
+                )
+                alive[i] = False
+        obs = res.obs
+    return [e for e in episodes if e is not None]
