@@ -114,6 +114,13 @@ def ppo_clip_loss(
     return -surr.mean(), clip_frac
 
 
+def best_of_n_index(q: torch.Tensor, heads: torch.Tensor, n: int) -> torch.Tensor:
+    """Index [N] of the best of n candidates per state under Q_BoN = min over the chosen heads.
+
+    q: [M, N*n] all target heads; heads: [h, N*n] head indices drawn per (state, candidate) (spec 2.7)."""
+    return q.gather(0, heads).min(0).values.view(-1, n).argmax(1)
+
+
 def _check_finite_step(name: str, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
     """Stop before the optimizer step when a loss or gradient is not finite (weights stay the last good ones).
     One host sync per step: cheap next to the B*G*K network evaluations of an update."""
@@ -163,10 +170,8 @@ class OGPOAgent:
         if n == 1:
             return s.actions
         q = self.critic.target(obs_rep, s.actions)  # [M, N*n]
-        M = q.shape[0]
-        heads = torch.randint(M, (self.cfg.bon_heads, N * n), generator=self.generator, device=q.device)
-        q_bon = q.gather(0, heads).min(0).values.view(N, n)
-        best = q_bon.argmax(1)
+        heads = torch.randint(q.shape[0], (self.cfg.bon_heads, N * n), generator=self.generator, device=q.device)
+        best = best_of_n_index(q, heads, n)
         return s.actions.view(N, n, *s.actions.shape[1:])[torch.arange(N, device=q.device), best]
 
     # ---- learning --------------------------------------------------------------------------------------
