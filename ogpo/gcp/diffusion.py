@@ -8,7 +8,8 @@ Chain convention is the flow one: chain[:, 0] is the initial noise (DDPM time t 
 after i denoising steps (t = K - i), so chain[:, K] is the final, pre-clip chunk. ``clip_intermediate`` clips
 the predicted clean chunk x0_hat to [-1, 1] before it enters the posterior mean (DPPO's
 ``denoised_clip_value``); at the last step the posterior mean is x0_hat itself, so that mean lies in [-1, 1].
-Clipping the posterior mean of an intermediate step instead would cut the legitimately wide x_t of noisy steps.
+Clipping the posterior mean of an intermediate step instead would cut the legitimately wide x_t of
+noisy steps.
 """
 
 from __future__ import annotations
@@ -103,9 +104,11 @@ class DiffusionPolicy(GaussianChainGCP):
         actions: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        validate: bool = True,
     ) -> torch.Tensor:
         """DDPM epsilon loss: t ~ U{1..K}, x_t = sqrt(ab_t) a + sqrt(1 - ab_t) eps, ||eps_theta - eps||^2."""
-        obs, a, mask = self._prep_bc(obs, actions, mask)
+        obs, a, mask = self._prep_bc(obs, actions, mask, validate)
         B, D = a.shape
         K = self.cfg.K
         t = torch.randint(1, K + 1, (B,), generator=generator, device=a.device)

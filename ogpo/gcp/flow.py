@@ -79,7 +79,7 @@ class GaussianChainGCP(GCP):
         return self.net(torch.cat([obs, x, self.time_emb(tau)], dim=-1))
 
     def _mean(self, out: torch.Tensor, x: torch.Tensor, sel: int | slice) -> torch.Tensor:
-        """Kernel mean mu_i from the network output; ``sel`` picks the schedule rows (int i or slice(None))."""
+        """Kernel mean mu_i from the network output; ``sel`` (int i or slice(None)) picks schedule rows."""
         raise NotImplementedError
 
     def _deterministic_step(self, out: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -159,18 +159,20 @@ class GaussianChainGCP(GCP):
 
     # ----------------------------------------------------------------------------------------- BC
     def _prep_bc(
-        self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None
+        self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor | None, validate: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Check BC inputs; return obs, flattened actions [B, D] with padded steps zeroed, float mask [B, H]."""
-        obs = self._prep_obs(obs, True)
+        """Check BC inputs; return obs, flat actions [B, D] with padded steps zeroed, float mask [B, H]."""
+        obs = self._prep_obs(obs, validate)
         B, H, d_a = obs.shape[0], self.cfg.H, self.cfg.act_dim
         check_shape("actions", actions, (B, H, d_a))
-        check_finite("actions", actions)
+        if validate:
+            check_finite("actions", actions)
         actions = actions.to(dtype=self._dtype)
         if mask is None:
             return obs, actions.reshape(B, H * d_a), None
         check_shape("mask", mask, (B, H))
-        check_finite("mask", mask.float())
+        if validate:
+            check_finite("mask", mask.float())
         mask = mask.to(dtype=self._dtype)
         # Padded steps hold whatever the replay put there (often the next episode's actions); zero them so
         # they neither enter the loss nor leak into the network input through the flattened chunk.
@@ -198,7 +200,7 @@ class FlowPolicy(GaussianChainGCP):
         t = torch.arange(K, dtype=torch.float64) / K  # t_i = i/K
         if cfg.tapered:
             std = cfg.sigma0 * torch.sqrt(1.0 - t)
-            # sigma_i^2 / (2 (1 - t_i)) = sigma0^2 / 2 exactly: the (1 - t) of the score cancels (spec 1.4 step 4)
+            # sigma_i^2 / (2 (1 - t_i)) = sigma0^2 / 2 exactly: the score's (1 - t) cancels (spec 1.4 step 4)
             coef = torch.full_like(t, cfg.sigma0**2 / 2.0)
         else:
             std = torch.full_like(t, cfg.sigma0)
@@ -229,9 +231,11 @@ class FlowPolicy(GaussianChainGCP):
         actions: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        validate: bool = True,
     ) -> torch.Tensor:
-        """Flow matching: E_{tau~U[0,1], z} ||v(s, x_tau, tau) - (a - z)||^2, mean over valid chunk elements."""
-        obs, a, mask = self._prep_bc(obs, actions, mask)
+        """Flow matching: E_{tau~U[0,1], z} ||v(s, x_tau, tau) - (a - z)||^2 over valid chunk elements."""
+        obs, a, mask = self._prep_bc(obs, actions, mask, validate)
         B, D = a.shape
         tau = torch.rand(B, 1, generator=generator, device=a.device, dtype=a.dtype)
         z = torch.randn(B, D, generator=generator, device=a.device, dtype=a.dtype)

@@ -1,5 +1,5 @@
-"""GCPs (flow and diffusion): chain log-probs re-derived independently, sampler/recompute agreement, PPO ratio,
-determinism, BC learning and masking, gradient isolation of chains, and input validation."""
+"""GCPs (flow and diffusion): chain log-probs re-derived independently, sampler/recompute agreement, PPO
+ratio, determinism, BC learning and masking, gradient isolation of chains, and input validation."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def cosine_alpha_bar_ref(K: int, s: float = 0.008) -> list[float]:
 
 
 def diffusion_step_means_stds(gcp: DiffusionPolicy, obs: torch.Tensor, chain: torch.Tensor):
-    """DDPM posterior mean with x0_hat clipped to [-1, 1]; std floored at min_std; code step i <-> t = K - i."""
+    """DDPM posterior mean, x0_hat clipped to [-1, 1]; std floored at min_std; code step i <-> t = K - i."""
     c = gcp.cfg
     ab = cosine_alpha_bar_ref(c.K)
     mus, stds = [], []
@@ -76,7 +76,9 @@ def diffusion_step_means_stds(gcp: DiffusionPolicy, obs: torch.Tensor, chain: to
         x0 = ((x - math.sqrt(1 - ab[t]) * eps) / math.sqrt(ab[t])).clamp(-1.0, 1.0)
         alpha = ab[t] / ab[t - 1]
         beta = 1 - alpha
-        mu = (beta * math.sqrt(ab[t - 1]) / (1 - ab[t])) * x0 + ((1 - ab[t - 1]) * math.sqrt(alpha) / (1 - ab[t])) * x
+        c0 = beta * math.sqrt(ab[t - 1]) / (1 - ab[t])
+        ct = (1 - ab[t - 1]) * math.sqrt(alpha) / (1 - ab[t])
+        mu = c0 * x0 + ct * x
         mus.append(mu)
         stds.append(max(math.sqrt(beta * (1 - ab[t - 1]) / (1 - ab[t])), c.min_std))
     return mus, stds
@@ -313,7 +315,8 @@ def test_bc_mask_ignores_padded_steps(kind):
     l2 = gcp.bc_loss(obs, garbage, mask, generator=gen(17))
     assert torch.equal(l1, l2)
     # the unmasked loss does see the garbage, and a bool mask means the same as a float one
-    assert not torch.equal(gcp.bc_loss(obs, a, generator=gen(17)), gcp.bc_loss(obs, garbage, generator=gen(17)))
+    unmasked = gcp.bc_loss(obs, a, generator=gen(17))
+    assert not torch.equal(unmasked, gcp.bc_loss(obs, garbage, generator=gen(17)))
     assert torch.equal(gcp.bc_loss(obs, a, mask.bool(), generator=gen(17)), l1)
     assert torch.equal(
         gcp.bc_loss(obs, a, torch.ones(16, 3), generator=gen(17)), gcp.bc_loss(obs, a, generator=gen(17))
@@ -386,3 +389,28 @@ def test_weights_only_in_state_dict_and_round_trip(kind):
     obs = obs_batch(4)
     s = gcp.sample(obs, generator=gen(21))
     assert torch.equal(gcp.log_prob(obs, s.chain), other.log_prob(obs, s.chain))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_validate_false_skips_only_the_finiteness_check(kind):
+    gcp = make(kind)
+    bad = obs_batch(4)
+    bad[0, 0] = float("inf")
+    s = gcp.sample(bad, generator=gen(22), validate=False)  # the caller vouched for its inputs
+    assert s.chain.shape == (4, gcp.cfg.K + 1, 6)
+    with pytest.raises(ShapeError, match="obs"):  # shapes are always checked (no host sync needed)
+        gcp.sample(torch.zeros(4, 7), validate=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_sampling_and_log_prob_follow_the_module_device(kind):
+    dev = torch.device("cuda")
+    gcp = make(kind).to(dev)
+    obs = obs_batch(64).to(dev)
+    g = torch.Generator(device=dev).manual_seed(0)
+    s = gcp.sample(obs, generator=g)
+    assert s.chain.device.type == "cuda" and s.actions.device.type == "cuda"
+    torch.testing.assert_close(s.log_prob, gcp.log_prob(obs, s.chain).detach(), rtol=0, atol=1e-4)
+    loss = gcp.bc_loss(obs, s.actions, torch.ones(64, 3, device=dev), generator=g)
+    loss.backward()
