@@ -75,3 +75,17 @@ def evaluate(env: VectorEnv, policy: ChunkPolicy, n_episodes: int, seed: int, H:
         obs = res.obs
     s, r, ln, e = (np.asarray(x) for x in zip(*out, strict=True)) if out else ([], [], [], [])
     return EvalResult(np.asarray(s, dtype=bool), np.asarray(r, float), np.asarray(ln), np.asarray(e))
+
+
+def gcp_policy(gcp, deterministic: bool, generator=None) -> ChunkPolicy:
+    """Wrap a GCP as a chunk policy (numpy in, numpy out) on the GCP's device."""
+    import torch
+
+    device = next(gcp.parameters()).device
+
+    def fn(obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            o = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            return gcp.sample(o, deterministic=deterministic, generator=generator).actions.cpu().numpy()
+
+    return fn

@@ -31,6 +31,7 @@ class SequenceBatch:
     mask: torch.Tensor
     next_obs: torch.Tensor
     valid: torch.Tensor
+    start: torch.Tensor  # [B] buffer index of s_t (to look up per-step extras such as MC returns)
 
     def __len__(self) -> int:
         return self.obs.shape[0]
@@ -161,6 +162,7 @@ class ReplayBuffer:
             mask=mask,
             next_obs=self.next_obs[idx[:, -1]],
             valid=valid,
+            start=start,
         )
 
     # ---- persistence (resumable training) ----------------------------------------------------------------
