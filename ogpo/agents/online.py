@@ -85,6 +85,7 @@ class OnlineTrainer:
         self._traj: list[list[tuple]] = [[] for _ in range(env.num_envs)]
         self._obs: np.ndarray | None = None
         self._queue = ChunkQueue(env.num_envs, self.H, env.act_dim)
+        self.stop_requested = False  # set from a signal handler: checkpoint at the next safe point and stop
 
     # ---- policies --------------------------------------------------------------------------------------
     def _policy(self, mode: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -162,6 +163,10 @@ class OnlineTrainer:
             if on_checkpoint is not None and self.env_steps - last_ckpt >= cfg.checkpoint_every:
                 last_ckpt = self.env_steps
                 on_checkpoint(self)
+            if self.stop_requested:
+                if on_checkpoint is not None:
+                    on_checkpoint(self)
+                raise KeyboardInterrupt
 
     def _update(self) -> None:
         a = self.agent

@@ -89,7 +89,7 @@ class PointGapEnv:
         self.pos = np.where(blocked[:, None], self.pos, new)
         self.t += 1
         success = np.linalg.norm(self.pos - np.asarray(self.cfg.goal), axis=1) <= self.cfg.goal_radius
-        reward = -1.0 + self.cfg.success_bonus * success
+        reward = -1.0 + (1.0 + self.cfg.success_bonus) * success  # robomimic r - 1 (+5): 5 on success
         terminated = success.copy()
         truncated = (self.t >= self.horizon) & ~terminated
         final_obs = self.pos.astype(np.float32).copy()

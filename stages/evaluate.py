@@ -1,0 +1,117 @@
+"""Stage `evaluate`: the BC and fine-tuned policies on the same fixed seeds.
+
+Writes eval/episodes.csv (one row per episode), metrics/eval.json (success with its 95% Wilson interval,
+mean return and length per policy), a few rollout GIFs in eval/videos, and metrics/evaluate.json (timing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ogpo.envs import TOY_TASK, make_env
+from ogpo.policy_io import load_policy_pair
+from ogpo.rollout import evaluate, gcp_policy
+from ogpo.stats import wilson_interval
+from stages.common import Timer, load_params, param, stage_main, write_json_atomic, write_text_atomic
+
+log = logging.getLogger("stages.evaluate")
+
+POLICIES = {"bc": Path("models/bc"), "finetuned": Path("models/finetuned")}
+EPISODES = Path("eval/episodes.csv")
+VIDEOS = Path("eval/videos")
+METRICS = Path("metrics/eval.json")
+TIMING = Path("metrics/evaluate.json")
+
+
+@dataclass
+class EvaluateParams:
+    """Params section ``evaluate``."""
+
+    episodes: int = param(100, ge=1)
+    seed: int = param(424242, ge=0)
+    num_envs: int = param(2, ge=1)
+    mode: str = "ode"  # ode: online actor, deterministic (spec 8.1); sde: EMA actor, stochastic
+    videos: int = param(2, ge=0)  # GIFs per policy
+    video_size: int = param(128, ge=16)
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        if self.mode not in ("ode", "sde"):
+            raise ValueError(f"mode must be ode or sde, got {self.mode!r}")
+
+
+def _videos(task: str, name: str, policy, H: int, p: EvaluateParams) -> list[str]:
+    if p.videos == 0 or task == TOY_TASK:
+        return []
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from ogpo.envs.robosuite import RobosuiteEnv
+    from ogpo.video import record_episode, save_gif
+
+    env = RobosuiteEnv(task, render=True, render_size=p.video_size)
+    out = []
+    try:
+        for i in range(p.videos):
+            frames, ok = record_episode(env, policy, H, seed=p.seed + i)
+            out.append(str(save_gif(frames, VIDEOS / f"{name}_{i}_{'success' if ok else 'failure'}.gif")))
+    finally:
+        env.close()
+    return out
+
+
+def run() -> None:
+    p = load_params("evaluate", EvaluateParams)
+    metrics: dict[str, dict] = {}
+    rows = ["policy,episode,env_index,success,return,length"]
+    with Timer() as timer:
+        loaded = {}
+        for name, path in POLICIES.items():  # load (and verify) both before any rollout
+            actor, target, cfg = load_policy_pair(path, p.device)
+            loaded[name] = ((actor if p.mode == "ode" else target).eval(), cfg)
+        tasks = {cfg["task"] for _, cfg in loaded.values()}
+        if len(tasks) != 1:
+            raise ValueError(f"policies were trained on different tasks: {sorted(tasks)}")
+        task = tasks.pop()
+        env = make_env(task, p.num_envs, seed=p.seed)
+        if VIDEOS.exists():
+            for old in VIDEOS.glob("*.gif"):
+                old.unlink()
+        try:
+            for name, (gcp, _cfg) in loaded.items():
+                gen = torch.Generator(device=p.device).manual_seed(p.seed)
+                policy = gcp_policy(gcp, p.mode == "ode", gen)
+                res = evaluate(env, policy, p.episodes, p.seed, gcp.cfg.H)
+                k, n = int(res.success.sum()), len(res.success)
+                lo, hi = wilson_interval(k, n)
+                metrics[name] = {
+                    "success": k / n,
+                    "successes": k,
+                    "n": n,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "mean_return": float(res.returns.mean()),
+                    "mean_length": float(res.lengths.mean()),
+                }
+                for i in range(n):
+                    rows.append(
+                        f"{name},{i},{res.seeds[i]},{int(res.success[i])},{res.returns[i]:.4f},{res.lengths[i]}"
+                    )
+                log.info("%s: success %.3f [%.3f, %.3f] over %d episodes", name, k / n, lo, hi, n)
+                metrics[name]["videos"] = _videos(task, name, policy, gcp.cfg.H, p)
+        finally:
+            env.close()
+    write_text_atomic(EPISODES, "\n".join(rows) + "\n")
+    write_json_atomic(METRICS, metrics)
+    total_eps = sum(m["n"] for m in metrics.values())
+    write_json_atomic(
+        TIMING,
+        {"wall_time_s": round(timer.wall_time_s, 2), "episodes": total_eps, "task": task, "mode": p.mode},
+    )
+
+
+if __name__ == "__main__":
+    stage_main(run)
