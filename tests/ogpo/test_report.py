@@ -171,6 +171,14 @@ def test_curve_without_evaluations(tmp_path: Path) -> None:
     assert "50% not reached best evaluation —" in text and "no data" in text
 
 
+def test_minimal_curve_columns(tmp_path: Path) -> None:
+    write_artifacts(tmp_path)
+    (tmp_path / "plots/learning_curve.csv").write_text("env_steps,success\n0,0.4\n1000,\n2000,0.6\n")
+    html = build_report(_load(tmp_path))
+    assert 'id="diagnostics"' not in html  # nothing to plot beyond success
+    assert "50% 2,000 60.0% at that evaluation —" in _text(html)  # no wall_time column
+
+
 def test_video_limits(tmp_path: Path) -> None:
     write_artifacts(tmp_path, n_videos=5)
     inputs = _load(tmp_path, max_videos=3)
