@@ -1,0 +1,413 @@
+"""robosuite manipulation tasks with robomimic's low-dim observations and the OGPO reward convention.
+
+Why this module exists: every consumer (BC pretraining, OGPO fine-tuning, evaluation, demo replay) must see
+the *same* observation vector for a task, the same reward and the same episode end. This module owns those
+conventions; the vector env (ogpo.envs.vector) and the demo reader (ogpo.data.demos) only call into it.
+
+Conventions (spec section 5):
+- Observations are the robomimic low-dim keys concatenated in robomimic's (sorted) key order, as float32:
+  ``object`` (robosuite's ``object-state``), then ``robot0_eef_pos``, ``robot0_eef_quat``,
+  ``robot0_gripper_qpos`` (and the ``robot1_*`` keys for the bimanual Transport). Sizes: Lift 19,
+  Can 23, Square 23, Tool Hang 53, Transport 59. Not normalized.
+- Controller: robosuite's default Panda composite controller, whose arm part is OSC_POSE (delta pose in the
+  base frame, inputs in [-1, 1]) with the GRIP gripper, as in robomimic's v1.5 datasets.
+- Reward ("ogpo" mode): ``r = r_rm - 1 + bonus * success`` with robomimic's sparse ``r_rm = success`` and
+  ``bonus = 5``: -1 per step, +5 on the success step; the episode terminates on success and is truncated at
+  the task horizon. ``reward_mode="env"`` returns robosuite's own reward instead (sparse 0/1, or dense with
+  ``reward_shaping=True``) and still reports success in ``info``.
+- Horizons (max primitive steps): Square 400, Transport 800, Tool Hang 1000 (spec 5). Can 400 as in robomimic's
+  rollouts. Lift 200: robomimic uses 400 for Lift, but its proficient demos finish in about 50 steps and the
+  scripted expert here in about 60, so 200 leaves ample slack while halving the cost of a failed evaluation
+  episode on a 2-core CPU (the main Lift consumer). Override with ``horizon=``.
+- Resets are soft (``hard_reset=False``: 1-4 ms instead of about 200 ms) and each reset can be seeded: the
+  robosuite env's random generator (shared by its placement samplers and robot init noise) is re-seeded in
+  place, so ``reset(seed)`` gives the same initial state every time.
+
+Adding a task is one ``register_task(TaskSpec(...))`` entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from ogpo.errors import EnvError, ShapeError
+
+RewardMode = Literal["ogpo", "env"]
+SUCCESS_BONUS = 5.0
+DEFAULT_RENDER_SIZE = 128
+CONTROL_FREQ = 20
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything needed to build a task's env and interpret its observation vector.
+
+    obs_keys/obs_key_dims give the concatenation order of the flat observation (robomimic key names; the key
+    ``object`` is robosuite's ``object-state``). env_kwargs are extra ``robosuite.make`` arguments.
+    """
+
+    name: str
+    robosuite_env: str
+    robots: tuple[str, ...]
+    obs_keys: tuple[str, ...]
+    obs_key_dims: tuple[int, ...]
+    act_dim: int
+    horizon: int
+    camera: str = "agentview"
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def obs_dim(self) -> int:
+        return int(sum(self.obs_key_dims))
+
+    def obs_slices(self) -> dict[str, slice]:
+        """Where each robomimic key lives in the flat observation vector."""
+        out, start = {}, 0
+        for key, dim in zip(self.obs_keys, self.obs_key_dims, strict=True):
+            out[key] = slice(start, start + dim)
+            start += dim
+        return out
+
+
+def _arm_keys(robot: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    p = f"robot{robot}_"
+    return (p + "eef_pos", p + "eef_quat", p + "gripper_qpos"), (3, 4, 2)
+
+
+def _single_arm(name: str, env: str, object_dim: int, horizon: int, **kw: Any) -> TaskSpec:
+    keys, dims = _arm_keys(0)
+    return TaskSpec(name, env, ("Panda",), ("object", *keys), (object_dim, *dims), 7, horizon, env_kwargs=kw)
+
+
+def _two_arm(name: str, env: str, object_dim: int, horizon: int, **kw: Any) -> TaskSpec:
+    k0, d0 = _arm_keys(0)
+    k1, d1 = _arm_keys(1)
+    return TaskSpec(
+        name, env, ("Panda", "Panda"), ("object", *k0, *k1), (object_dim, *d0, *d1), 14, horizon, env_kwargs=kw
+    )
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add a task to the registry (one entry per task); returns the spec."""
+    TASKS[spec.name] = spec
+    return spec
+
+
+register_task(_single_arm("lift", "Lift", 10, 200))
+register_task(_single_arm("can", "PickPlaceCan", 14, 400))
+register_task(_single_arm("square", "NutAssemblySquare", 14, 400))
+register_task(_single_arm("tool_hang", "ToolHang", 44, 1000))
+register_task(_two_arm("transport", "TwoArmTransport", 41, 800, env_configuration="opposed"))
+
+
+def task_spec(task: str) -> TaskSpec:
+    """The registered spec of ``task``; EnvError listing the known tasks otherwise."""
+    try:
+        return TASKS[task]
+    except (KeyError, TypeError):
+        raise EnvError(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def task_for_robosuite_env(env_name: str) -> TaskSpec:
+    """Reverse lookup (robosuite class name -> spec), used to interpret demo files."""
+    for spec in TASKS.values():
+        if spec.robosuite_env == env_name:
+            return spec
+    known = ", ".join(sorted(s.robosuite_env for s in TASKS.values()))
+    raise EnvError(f"robosuite env {env_name!r} has no registered task; known: {known}")
+
+
+def _import_robosuite():
+    """Import robosuite lazily (about 1 s) and silence its INFO/WARNING chatter (kept: errors)."""
+    logging.getLogger("robosuite_logs").addFilter(lambda r: r.levelno >= logging.ERROR)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    import robosuite
+
+    return robosuite
+
+
+def controller_config(spec: TaskSpec) -> dict:
+    """robosuite's default Panda composite controller (OSC_POSE arm + GRIP gripper)."""
+    _import_robosuite()
+    from robosuite.controllers import load_composite_controller_config
+
+    return load_composite_controller_config(robot=spec.robots[0])
+
+
+def make_raw_env(
+    spec: TaskSpec,
+    *,
+    seed: int | None = None,
+    render: bool = False,
+    reward_shaping: bool = False,
+):
+    """Build the underlying robosuite env: low-dim obs, soft resets, no robosuite-side episode end."""
+    suite = _import_robosuite()
+    return suite.make(
+        spec.robosuite_env,
+        robots=list(spec.robots) if len(spec.robots) > 1 else spec.robots[0],
+        controller_configs=controller_config(spec),
+        has_renderer=False,
+        has_offscreen_renderer=render,
+        use_camera_obs=False,
+        use_object_obs=True,
+        reward_shaping=reward_shaping,
+        reward_scale=1.0,
+        control_freq=CONTROL_FREQ,
+        ignore_done=True,  # the episode end (horizon, success) is ours
+        hard_reset=False,
+        seed=seed,
+        **spec.env_kwargs,
+    )
+
+
+def env_args(spec: TaskSpec, horizon: int | None = None) -> dict:
+    """robomimic's ``env_args`` attribute for datasets of this task (env_name, type 1 = robosuite, kwargs)."""
+    return {
+        "env_name": spec.robosuite_env,
+        "type": 1,
+        "env_version": _robosuite_version(),
+        "env_kwargs": {
+            "robots": list(spec.robots),
+            "controller_configs": controller_config(spec),
+            "has_renderer": False,
+            "has_offscreen_renderer": False,
+            "use_camera_obs": False,
+            "use_object_obs": True,
+            "reward_shaping": False,
+            "reward_scale": 1.0,
+            "control_freq": CONTROL_FREQ,
+            "ignore_done": True,
+            **spec.env_kwargs,
+        },
+        "ogpo": {"task": spec.name, "horizon": horizon or spec.horizon, "obs_keys": list(spec.obs_keys)},
+    }
+
+
+def _robosuite_version() -> str:
+    return str(_import_robosuite().__version__)
+
+
+def flatten_obs(spec: TaskSpec, obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Concatenate a robosuite observation dict in the task's robomimic key order (float32)."""
+    parts = []
+    for key, dim in zip(spec.obs_keys, spec.obs_key_dims, strict=True):
+        v = obs["object-state" if key == "object" else key]
+        v = np.asarray(v, dtype=np.float32).reshape(-1)
+        if v.shape[0] != dim:
+            raise EnvError(f"task {spec.name}: obs key {key!r} has dim {v.shape[0]}, expected {dim}")
+        parts.append(v)
+    return np.concatenate(parts)
+
+
+def ogpo_reward(success: bool | np.ndarray, bonus: float = SUCCESS_BONUS) -> np.ndarray | float:
+    """Spec 5: ``r_rm - 1 + bonus * success`` with sparse ``r_rm = success`` (-1 per step, +5 at success)."""
+    s = np.asarray(success, dtype=np.float32)
+    r = s - 1.0 + bonus * s
+    return float(r) if r.ndim == 0 else r
+
+
+class RobosuiteEnv:
+    """One robosuite task, gym-like: ``reset(seed) -> obs``; ``step(a) -> obs, r, terminated, truncated, info``.
+
+    ``info["success"]`` is the task's ``_check_success()`` after the step. With ``render=True`` the env keeps
+    an offscreen renderer and ``render()`` returns an ``[S, S, 3]`` uint8 frame of ``camera``.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        seed: int | None = None,
+        horizon: int | None = None,
+        reward_mode: RewardMode = "ogpo",
+        success_bonus: float = SUCCESS_BONUS,
+        terminate_on_success: bool = True,
+        reward_shaping: bool = False,
+        render: bool = False,
+        render_size: int = DEFAULT_RENDER_SIZE,
+        camera: str | None = None,
+    ) -> None:
+        self.spec = task_spec(task)
+        if reward_mode not in ("ogpo", "env"):
+            raise EnvError(f"reward_mode must be 'ogpo' or 'env', got {reward_mode!r}")
+        self.obs_dim = self.spec.obs_dim
+        self.act_dim = self.spec.act_dim
+        self.horizon = int(horizon or self.spec.horizon)
+        self.reward_mode = reward_mode
+        self.success_bonus = float(success_bonus)
+        self.terminate_on_success = terminate_on_success
+        self.render_enabled = render
+        self.render_size = int(render_size)
+        self.camera = camera or self.spec.camera
+        self.seed = seed
+        self._env = make_raw_env(self.spec, seed=seed, render=render, reward_shaping=reward_shaping)
+        self._t = 0
+        self._done = True
+
+    @property
+    def raw(self):
+        """The underlying robosuite env (for scripted experts, DataCollectionWrapper, replay)."""
+        return self._env
+
+    @property
+    def t(self) -> int:
+        return self._t
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode; with a seed the initial state is a pure function of (task, seed)."""
+        if seed is not None:
+            self.seed = int(seed)
+            # re-seed in place: placement samplers and robots hold references to this very generator
+            self._env.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
+        obs = self._env.reset()
+        self._t = 0
+        self._done = False
+        return flatten_obs(self.spec, obs)
+
+    def _check_action(self, action: np.ndarray) -> np.ndarray:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (self.act_dim,):
+            raise ShapeError(f"task {self.spec.name}: action must have shape [{self.act_dim}], got {list(a.shape)}")
+        if not np.isfinite(a).all():
+            raise ShapeError(f"task {self.spec.name}: action contains NaN or inf: {a.tolist()}")
+        return np.clip(a, -1.0, 1.0)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if self._done:
+            raise EnvError(f"task {self.spec.name}: step() after the episode ended; call reset() first")
+        a = self._check_action(action)
+        obs, env_reward, _, _ = self._env.step(a)
+        self._t += 1
+        success = bool(self._env._check_success())
+        if self.reward_mode == "ogpo":
+            reward = float(success) - 1.0 + self.success_bonus * float(success)
+        else:
+            reward = float(env_reward)
+        terminated = success and self.terminate_on_success
+        truncated = (self._t >= self.horizon) and not terminated
+        self._done = terminated or truncated
+        info = {"success": success, "env_reward": float(env_reward), "t": self._t}
+        return flatten_obs(self.spec, obs), reward, terminated, truncated, info
+
+    def check_success(self) -> bool:
+        return bool(self._env._check_success())
+
+    def observe(self) -> np.ndarray:
+        """The current flat observation, recomputed from the simulator state."""
+        return flatten_obs(self.spec, self._env._get_observations(force_update=True))
+
+    def get_state(self) -> np.ndarray:
+        """The flattened MuJoCo state (time, qpos, qvel, ...), as stored in a dataset's ``states``."""
+        return np.asarray(self._env.sim.get_state().flatten(), dtype=np.float64)
+
+    def set_state(self, state: np.ndarray) -> np.ndarray:
+        """Put the simulator in ``state`` (flattened) and return the observation there."""
+        state = np.asarray(state, dtype=np.float64)
+        n = self._env.sim.get_state().flatten().shape[0]
+        if state.shape != (n,):
+            raise EnvError(f"task {self.spec.name}: state must have shape [{n}], got {list(state.shape)}")
+        self._env.sim.set_state_from_flattened(state)
+        self._env.sim.forward()
+        self._done = False
+        return self.observe()
+
+    def reset_to_model(self, model_xml: str) -> np.ndarray:
+        """Reload the simulator from a demo's MJCF (asset paths fixed for this install); returns the obs."""
+        self._env.reset()
+        self._env.reset_from_xml_string(self._env.edit_model_xml(model_xml))
+        self._env.sim.reset()
+        self._t = 0
+        self._done = False
+        return self.observe()
+
+    def model_xml(self) -> str:
+        return str(self._env.sim.model.get_xml())
+
+    def scene_info(self) -> dict[str, np.ndarray]:
+        """Fixed scene geometry the scripted experts need (goal positions); constant across soft resets."""
+        env = self._env
+        info: dict[str, np.ndarray] = {}
+        name = self.spec.robosuite_env
+        if name == "PickPlaceCan":
+            info["target_pos"] = np.asarray(env.target_bin_placements[env.object_to_id["can"]], dtype=np.float64)
+        elif name == "NutAssemblySquare":
+            info["target_pos"] = np.asarray(env.sim.data.body_xpos[env.peg1_body_id], dtype=np.float64)
+        return info
+
+    def render(self) -> np.ndarray:
+        """An ``[S, S, 3]`` uint8 frame from ``camera`` (offscreen; needs ``render=True``)."""
+        if not self.render_enabled:
+            raise EnvError(f"task {self.spec.name}: render() needs RobosuiteEnv(..., render=True)")
+        s = self.render_size
+        img = self._env.sim.render(s, s, camera_name=self.camera)
+        return np.ascontiguousarray(img[::-1], dtype=np.uint8)  # OpenGL rows are bottom-up
+
+    def close(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            env.close()
+
+
+class ChunkedEnv:
+    """Executes action chunks open-loop from a queue of H actions (spec 1.1) on a single env.
+
+    A chunk ``[H, d_a]`` is pushed into the queue and consumed one primitive step at a time; the queue is
+    cleared at reset and whenever the episode ends mid-chunk. ``step`` runs the whole chunk (or until the
+    episode ends) and reports per-step rewards so callers can discount with gamma per primitive step.
+    """
+
+    def __init__(self, env: RobosuiteEnv, H: int) -> None:
+        if not isinstance(H, int) or H < 1:
+            raise EnvError(f"chunk length H must be an integer >= 1, got {H!r}")
+        self.env = env
+        self.H = H
+        self.obs_dim = env.obs_dim
+        self.act_dim = env.act_dim
+        self.horizon = env.horizon
+        self._queue: deque[np.ndarray] = deque()
+
+    @property
+    def queue_len(self) -> int:
+        return len(self._queue)
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self._queue.clear()
+        return self.env.reset(seed)
+
+    def step(self, chunk: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        """Run a chunk; returns obs, summed reward, terminated, truncated, info (rewards, steps, success)."""
+        chunk = np.asarray(chunk, dtype=np.float64)
+        if chunk.ndim == 1 and chunk.shape[0] == self.H * self.act_dim:
+            chunk = chunk.reshape(self.H, self.act_dim)
+        if chunk.shape != (self.H, self.act_dim):
+            raise ShapeError(
+                f"chunk must have shape [{self.H}, {self.act_dim}] or [{self.H * self.act_dim}], "
+                f"got {list(chunk.shape)}"
+            )
+        self._queue.extend(chunk)
+        rewards: list[float] = []
+        obs, terminated, truncated, info = None, False, False, {"success": False}
+        while self._queue:
+            obs, r, terminated, truncated, info = self.env.step(self._queue.popleft())
+            rewards.append(r)
+            if terminated or truncated:
+                self._queue.clear()
+                break
+        out = {"success": bool(info["success"]), "rewards": np.asarray(rewards, np.float32), "steps": len(rewards)}
+        return obs, float(sum(rewards)), terminated, truncated, out
+
+    def render(self) -> np.ndarray:
+        return self.env.render()
+
+    def close(self) -> None:
+        self.env.close()
