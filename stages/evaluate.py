@@ -77,9 +77,9 @@ def run() -> None:
             raise ValueError(f"policies were trained on different tasks: {sorted(tasks)}")
         task = tasks.pop()
         env = make_env(task, p.num_envs, seed=p.seed)
-        if VIDEOS.exists():
-            for old in VIDEOS.glob("*.gif"):
-                old.unlink()
+        VIDEOS.mkdir(parents=True, exist_ok=True)  # a DVC out even when no video is recorded (toy task)
+        for old in VIDEOS.glob("*.gif"):
+            old.unlink()
         try:
             for name, (gcp, _cfg) in loaded.items():
                 gen = torch.Generator(device=p.device).manual_seed(p.seed)
