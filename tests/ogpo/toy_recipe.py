@@ -42,7 +42,7 @@ def policy_fn(gcp, deterministic: bool, gen: torch.Generator):
 
 
 def run(
-    kind: str, seed: int = 0, total_env_steps: int = 16_000, verbose: bool = True, sigma0: float = 0.2, **overrides
+    kind: str, seed: int = 0, total_env_steps: int = 16_000, verbose: bool = True, sigma0: float = 0.2, utd: float = 0.25, **overrides
 ) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -80,7 +80,7 @@ def run(
     curve: list[dict] = []
     trainer = OnlineTrainer(
         agent, PointGapEnv(16), eval_env, ReplayBuffer(50_000, 2, 2),
-        OnlineConfig(total_env_steps=total_env_steps, start_training=1000, utd=0.25, eval_every=2000,
+        OnlineConfig(total_env_steps=total_env_steps, start_training=1000, utd=utd, eval_every=2000,
                      eval_episodes=64, checkpoint_every=10**9, log_every=10**9, seed=seed),
     )  # fmt: skip
 
