@@ -1,0 +1,153 @@
+"""The ``ogpo`` console script: run the local stack, deploy, and pull versioned checkpoints.
+
+    ogpo serve [--workers N]      start Prefect server + cpu worker + SeaweedFS on 127.0.0.1
+    ogpo stop                     stop them (worker with SIGINT)
+    ogpo status                   what is running, and where
+    ogpo env                      the file to source for the Prefect CLI, dvc and ogpo pull
+    ogpo deploy                   work pools, requeue automation and prefect.yaml deployments
+    ogpo pull ARTIFACT --rev REV  fetch and verify a checkpoint at a git revision
+
+Errors from the project (bad input, unreachable store, unknown revision) print one line, exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from ogpo.errors import OGPOError  # noqa: E402
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    stack = serve.serve(
+        Path(args.repo),
+        home=Path(args.home) if args.home else None,
+        prefect_port=args.prefect_port,
+        s3_port=args.s3_port,
+        bucket=args.bucket,
+        workers=args.workers,
+        deployments=not args.no_deploy,
+    )
+    print(f"Prefect API   {stack.api_url}")
+    print(f"S3 endpoint   {stack.s3_endpoint}  (bucket {stack.bucket})")
+    print(f"environment   {stack.env_file}  (0600; holds the S3 secret)")
+    print(f"logs          {stack.home / 'logs'}")
+    print(f"next:         set -a; . {stack.env_file}; set +a")
+    print("              prefect deployment run ogpo/full-pipeline --param profile=tiny --watch")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    for line in serve.stop(Path(args.home) if args.home else None, timeout=args.timeout):
+        print(line)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    stack = serve.load(Path(args.home) if args.home else None)
+    print(f"Prefect API {stack.api_url}; S3 {stack.s3_endpoint} bucket {stack.bucket}; repo {stack.repo}")
+    for proc in stack.procs.values():
+        print(f"{proc.name:20s} pid {proc.pid:<8d} {'running' if proc.alive() else 'stopped'}  log {proc.log}")
+    return 0 if stack.procs and all(p.alive() for p in stack.procs.values()) else 3
+
+
+def _env(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    stack = serve.load(Path(args.home) if args.home else None)
+    print(f"set -a; . {stack.env_file}; set +a")
+    return 0
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    api = os.environ.get("PREFECT_API_URL")
+    if not api:
+        raise OGPOError("PREFECT_API_URL is not set (source the stack's env file, see `ogpo env`)")
+    serve.ensure_pools(api)
+    serve.ensure_zombie_automation(api)
+    if not args.pools_only:
+        repo = Path(args.repo).resolve()
+        stack = serve.Stack(home=serve.default_home(), repo=repo, prefect_port=0, s3_port=0, bucket="")
+        serve.deploy(stack, {"PREFECT_API_URL": api})
+    print("work pools cpu (process) and gpu (docker) ready" + ("" if args.pools_only else "; deployments created"))
+    return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from pipeline.pull import pull
+
+    out = pull(args.artifact, args.rev, out=Path(args.out) if args.out else None, repo=args.repo)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ogpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="start the local stack (Prefect server, cpu worker, SeaweedFS)")
+    s.add_argument("--home", help="state directory (default $OGPO_HOME or ~/.ogpo)")
+    s.add_argument("--repo", default=".", help="the git checkout the workers clone from (default .)")
+    s.add_argument("--prefect-port", type=int, default=4200)
+    s.add_argument("--s3-port", type=int, default=8333)
+    s.add_argument("--bucket", default="ogpo")
+    s.add_argument("--workers", type=int, default=1, help="number of cpu process workers")
+    s.add_argument("--no-deploy", action="store_true", help="do not create the prefect.yaml deployments")
+    s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("stop", help="stop the local stack")
+    s.add_argument("--home")
+    s.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL")
+    s.set_defaults(fn=_stop)
+
+    s = sub.add_parser("status", help="show the local stack")
+    s.add_argument("--home")
+    s.set_defaults(fn=_status)
+
+    s = sub.add_parser("env", help="print the command that loads the stack's environment")
+    s.add_argument("--home")
+    s.set_defaults(fn=_env)
+
+    s = sub.add_parser("deploy", help="create work pools, the requeue automation and the deployments")
+    s.add_argument("--repo", default=".")
+    s.add_argument("--pools-only", action="store_true")
+    s.set_defaults(fn=_deploy)
+
+    s = sub.add_parser("pull", help="fetch a versioned checkpoint at a git revision and verify it")
+    s.add_argument("artifact", help="path in the repo (models/finetuned) or alias: bc, critic, finetuned")
+    s.add_argument("--rev", required=True, help="git tag, branch or commit")
+    s.add_argument("--out", help="destination directory (default pulled/<sha12>/<path>)")
+    s.add_argument("--repo", help="git URL or checkout (default $OGPO_GIT_URL or the current checkout)")
+    s.set_defaults(fn=_pull)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    try:
+        return args.fn(args)
+    except OGPOError as e:
+        print(f"ogpo: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

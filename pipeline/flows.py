@@ -1,0 +1,212 @@
+"""The Prefect flow ``ogpo``: the DVC pipeline on workers, the nightly regression, and single remote stages.
+
+One flow, three modes, so that every deployment is ``ogpo/<name>`` (``prefect.yaml``):
+
+- ``pipeline`` (deployment ``ogpo/full-pipeline``): resolve the revision, read the stage graph, and run
+  each DVC stage as a task as soon as its upstream stages are done (independent stages and per-seed
+  ``foreach`` entries in parallel). Fine-tuning goes to the ``gpu`` work pool when a GPU worker is online
+  (``finetune_pool="auto"``), else runs here on the ``cpu`` pool. Optionally commits the resulting
+  params.yaml + dvc.lock to ``result_branch`` so that ``ogpo pull ... --rev <branch>`` finds the outputs.
+- ``regression`` (deployment ``ogpo/nightly-regression``): runs the pipeline up to ``evaluate`` at the
+  pinned ``baseline_rev`` and at ``rev``, compares success with a one-sided exact test at ``alpha``, writes
+  a report artifact, and ends Failed on a regression.
+- ``stage`` (deployment ``ogpo/stage-gpu``): runs the one stage in ``targets`` (used by ``pipeline``).
+
+Parameters are typed, so a bad deployment run is rejected by the server's schema check before any worker
+starts (``enforce_parameter_schema``), and again by pydantic when the flow starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
+
+from ogpo.errors import ConfigError
+from pipeline import storage, workspace
+from pipeline.tasks import StageResult, StageSpec, plan_pipeline, publish_lock, run_stage, run_stage_on_pool
+
+GPU_POOL = "gpu"
+GPU_STAGE_DEPLOYMENT = "ogpo/stage-gpu"
+GPU_STAGES = ("finetune",)
+
+Mode = Literal["pipeline", "regression", "stage"]
+Profile = Literal["tiny", "cpu", "square", "transport", "tool_hang"]
+Pool = Literal["auto", "cpu", "gpu"]
+# A git revision (sha, tag, branch): no whitespace, no leading '-' (never an option to git).
+GitRev = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,199}$")]
+BranchName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,99}$")]
+StageName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*(@[A-Za-z0-9_.\-]+)?$")]
+ParamKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")]
+RelPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")]
+Alpha = Annotated[float, Field(gt=0.0, lt=0.5)]
+Scalar = bool | int | float | str
+
+
+def _repo_url(repo_url: str | None) -> str:
+    url = repo_url or os.environ.get("OGPO_GIT_URL")
+    if not url:
+        raise ConfigError("no git repository: pass repo_url or set OGPO_GIT_URL on the worker")
+    return url
+
+
+def _gpu_online() -> bool:
+    """True when a ``gpu`` work pool exists and has an online worker (its status is READY)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            pool = client.read_work_pool(GPU_POOL)
+    except Exception:
+        return False
+    status = getattr(pool, "status", None)
+    return str(getattr(status, "value", status)).upper() == "READY" and not pool.is_paused
+
+
+def _pool_for(stage: str, finetune_pool: str, gpu_online: bool) -> str:
+    if stage.split("@")[0] not in GPU_STAGES:
+        return "cpu"
+    if finetune_pool == "auto":
+        return "gpu" if gpu_online else "cpu"
+    return finetune_pool
+
+
+def run_pipeline(
+    repo_url: str,
+    rev: str,
+    profile: str | None,
+    overrides: dict[str, Any],
+    targets: list[str] | None,
+    finetune_pool: str,
+    run_key: str,
+    collect: dict[str, list[str]] | None = None,
+) -> tuple[str, dict[str, StageResult]]:
+    """Plan at ``rev`` and run the needed stages in dependency order, in parallel where the DAG allows."""
+    logger = get_run_logger()
+    plan = plan_pipeline(repo_url, rev, profile, overrides, run_key)
+    sha, graph = plan["sha"], plan["graph"]
+    wanted = workspace.upstream_closure(graph, targets) if targets else set(graph)
+    order = [s for s in workspace.topo_order(graph) if s in wanted]
+    gpu_online = finetune_pool != "cpu" and any(s.split("@")[0] in GPU_STAGES for s in order) and _gpu_online()
+    if finetune_pool == "gpu" and not gpu_online:
+        logger.warning("finetune_pool='gpu' but no GPU worker is online: the run waits for one")
+    results: dict[str, StageResult] = {}
+    running: dict[Any, str] = {}
+    failed: list[str] = []
+    waiting = list(order)
+    while waiting or running:
+        if not failed:
+            for stage in [s for s in waiting if all(u in results for u in graph[s] if u in wanted)]:
+                waiting.remove(stage)
+                files = (collect or {}).get(stage, [])
+                spec = StageSpec(repo_url, sha, stage, run_key, profile, dict(overrides), files)
+                pool = _pool_for(stage, finetune_pool, gpu_online)
+                if pool == "gpu":
+                    fut = run_stage_on_pool.submit(spec, GPU_POOL, GPU_STAGE_DEPLOYMENT)
+                else:
+                    fut = run_stage.submit(spec)
+                running[fut] = stage
+        if not running:
+            break
+        fut = next(as_completed(list(running)))
+        stage = running.pop(fut)
+        try:
+            results[stage] = fut.result()
+        except Exception as e:
+            failed.append(stage)
+            logger.error("stage %s failed: %s", stage, storage.redact(str(e)))
+    if failed:
+        skipped = [s for s in waiting]
+        raise workspace.StageError(
+            f"stage(s) {', '.join(failed)} failed at {sha[:12]}"
+            + (f"; not run: {', '.join(skipped)}" if skipped else "")
+        )
+    return sha, results
+
+
+def _summary_markdown(sha: str, rev: str, profile: str | None, results: dict[str, StageResult], extra: str) -> str:
+    rows = "\n".join(
+        f"| {r.stage} | {'ran' if r.stage in r.ran else 'cache hit'} | {r.seconds:.1f} | {r.worker} |"
+        for r in results.values()
+    )
+    return (
+        f"# ogpo pipeline at `{rev}` ({sha[:12]}), profile `{profile or 'params.yaml'}`\n\n"
+        f"| stage | result | seconds | worker |\n|---|---|---|---|\n{rows}\n\n{extra}"
+    )
+
+
+@flow(
+    name="ogpo",
+    task_runner=ThreadPoolTaskRunner(max_workers=int(os.environ.get("OGPO_MAX_PARALLEL", "4"))),
+    validate_parameters=True,
+    retries=0,
+    log_prints=True,
+)
+def ogpo(
+    mode: Mode = "pipeline",
+    rev: GitRev = "HEAD",
+    profile: Profile | None = None,
+    targets: list[StageName] | None = None,
+    overrides: dict[ParamKey, Scalar] | None = None,
+    finetune_pool: Pool = "auto",
+    result_branch: BranchName | None = None,
+    repo_url: str | None = None,
+    baseline_rev: GitRev | None = None,
+    alpha: Alpha = 0.05,
+    regression_stage: StageName = "evaluate",
+    regression_metrics: RelPath = "metrics/eval.json",
+    regression_policy: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "finetuned",
+    run_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{8,64}$")] | None = None,
+    collect: list[RelPath] | None = None,
+) -> dict[str, Any]:
+    """Run the OGPO DVC pipeline on workers (see the module docstring for the modes)."""
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    storage.settings_from_env()  # fail fast with one clear line if the object store is not configured
+    url = _repo_url(repo_url)
+    overrides = dict(overrides or {})
+    key = run_key or str(flow_run.get_id() or "local").replace("-", "")
+    if mode == "stage":
+        if not targets or len(targets) != 1:
+            raise ConfigError(f"mode='stage' needs exactly one stage in targets, got {targets!r}")
+        res = run_stage(StageSpec(url, rev, targets[0], key, profile, overrides, list(collect or [])))
+        return {"sha": res.sha, "stages": {res.stage: res.__dict__}}
+    if mode == "pipeline":
+        sha, results = run_pipeline(url, rev, profile, overrides, targets, finetune_pool, key)
+        extra = ""
+        published = None
+        if result_branch:
+            msg = f"ogpo results for {sha[:12]} (profile {profile or 'params.yaml'}, flow run {key[:12]})"
+            locks = {name: r.lock for name, r in results.items()}
+            published = publish_lock(url, sha, profile, overrides, locks, result_branch, key, msg)
+            extra = f"Results committed as `{published[:12]}` on branch `{result_branch}`: " + (
+                f"`ogpo pull models/finetuned --rev {result_branch}`"
+            )
+        create_markdown_artifact(_summary_markdown(sha, rev, profile, results, extra), key="ogpo-pipeline")
+        ran = sorted({s for r in results.values() for s in r.ran})
+        logger.info("pipeline at %s done: %d stages, ran %s", sha[:12], len(results), ran or "none")
+        return {"sha": sha, "ran": ran, "published": published, "stages": {k: v.__dict__ for k, v in results.items()}}
+    # mode == "regression"
+    from pipeline.regression import run_regression
+
+    if not baseline_rev:
+        raise ConfigError("mode='regression' needs baseline_rev (the pinned revision to compare against)")
+    return run_regression(
+        url,
+        baseline_rev,
+        rev,
+        profile,
+        overrides,
+        finetune_pool,
+        key,
+        alpha,
+        regression_stage,
+        regression_metrics,
+        regression_policy,
+    )

@@ -1,0 +1,541 @@
+"""The local stack in one command: Prefect server (SQLite), a ``cpu`` process worker and SeaweedFS (S3).
+
+``ogpo serve`` starts the three as background processes bound to 127.0.0.1, each in its own process group,
+with its own ``PREFECT_HOME`` under ``OGPO_HOME`` (default ``~/.ogpo``). S3 credentials are generated once
+into ``credentials.env`` (mode 0600) and every variable a client needs goes into ``stack.env`` (0600, it
+holds the secret): ``set -a; . ~/.ogpo/stack.env; set +a`` and then ``prefect deployment run
+ogpo/full-pipeline`` works. It creates the bucket, the DVC remote ``s3`` of the checkout, the work pools
+``cpu`` (process) and ``gpu`` (docker, GPU device request), the deployments of ``prefect.yaml``, and an
+automation that puts a flow run whose worker died (no heartbeat) back in the queue so another worker
+retries it. ``ogpo stop`` stops them: the worker with SIGINT (it ignores SIGTERM for a long time), then the
+server and SeaweedFS with SIGTERM, SIGKILL only after a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ogpo.errors import ConfigError, OGPOError
+from pipeline import storage
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+DEFAULT_PREFECT_PORT = 4200
+DEFAULT_S3_PORT = 8333
+DEFAULT_BUCKET = "ogpo"
+HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat period
+ZOMBIE_AFTER_S = 90  # no heartbeat for this long: the run's worker is gone
+ZOMBIE_AUTOMATION = "ogpo: requeue flow runs whose worker died"
+
+
+class StackError(OGPOError):
+    """A service of the local stack failed to start or stop."""
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    start_ticks: int
+    log: str
+
+    def alive(self) -> bool:
+        return _start_ticks(self.pid) == self.start_ticks
+
+
+@dataclass
+class Stack:
+    home: Path
+    repo: Path
+    prefect_port: int
+    s3_port: int
+    bucket: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://{HOST}:{self.s3_port}"
+
+    @property
+    def env_file(self) -> Path:
+        return self.home / "stack.env"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("OGPO_HOME") or Path.home() / ".ogpo")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((HOST, port)) == 0
+
+
+def _start_ticks(pid: int) -> int:
+    """Process start time (clock ticks since boot) from /proc: guards against signalling a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable only by the user (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip().strip("'\"")
+    return out
+
+
+def credentials(home: Path) -> dict[str, str]:
+    """S3 keys for SeaweedFS: generated on first use into ``credentials.env`` (0600), then reused."""
+    path = home / "credentials.env"
+    if path.exists():
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"{path}: readable by others (chmod 600 it)")
+        return read_env_file(path)
+    creds = {
+        "AWS_ACCESS_KEY_ID": "ogpo" + secrets.token_hex(8),
+        "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30),
+    }
+    write_private(path, "".join(f"{k}={v}\n" for k, v in creds.items()))
+    return creds
+
+
+def stack_env(stack: Stack, creds: Mapping[str, str]) -> dict[str, str]:
+    """Every variable a client of this stack needs (Prefect CLI, workers, ogpo pull, dvc)."""
+    return {
+        "PREFECT_API_URL": stack.api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "OGPO_S3_BUCKET": stack.bucket,
+        "OGPO_S3_ENDPOINT_URL": stack.s3_endpoint,
+        "OGPO_S3_REGION": "us-east-1",
+        "OGPO_GIT_URL": str(stack.repo),
+        "OGPO_ENV_FILE": str(stack.env_file),
+        **creds,
+    }
+
+
+def _spawn(name: str, argv: list[str], env: Mapping[str, str], home: Path, cwd: Path | None = None) -> Proc:
+    """Start a detached process in its own session (so it and its children can be signalled as a group)."""
+    logdir = home / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / f"{name}.log"
+    with open(logfile, "ab") as out:
+        p = subprocess.Popen(
+            argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Proc(name=name, pid=p.pid, start_ticks=_start_ticks(p.pid), log=str(logfile))
+
+
+def _wait_http(url: str, proc: Proc, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            tail = Path(proc.log).read_text(errors="replace")[-1500:]
+            raise StackError(f"{what} exited during start-up; log {proc.log}:\n{storage.redact(tail)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise StackError(f"{what} not healthy at {url} after {timeout:.0f} s; log {proc.log}")
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def base_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        PREFECT_UI_ENABLED="false",
+        PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+    )
+    return env
+
+
+def start_seaweed(stack: Stack, creds: Mapping[str, str]) -> Proc:
+    """SeaweedFS ``weed mini`` on 127.0.0.1 with S3 on ``stack.s3_port``; data under ``OGPO_HOME/seaweed``."""
+    data = stack.home / "seaweed"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = _weed_argv(data, stack.s3_port, stack.bucket)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | dict(creds)
+    proc = _spawn("seaweed", argv, env, stack.home, cwd=data)
+    _wait_http(f"{stack.s3_endpoint}/status", proc, 60, "SeaweedFS")
+    return proc
+
+
+# Every port `weed mini` opens; left to defaults they collide between stacks (and gRPC = port + 10000
+# overflows for high ports), so each one is chosen here.
+_WEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "webdav.port",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+def _weed_argv(data: Path, s3_port: int, bucket: str) -> list[str]:
+    """``weed mini`` bound to 127.0.0.1, no telemetry, S3 on ``s3_port`` and every other port free."""
+    argv = [
+        _bin("weed"),
+        "mini",
+        f"-dir={data}",
+        f"-ip={HOST}",
+        f"-ip.bind={HOST}",
+        "-master.telemetry=false",
+        f"-s3.port={s3_port}",
+        f"-bucket={bucket}",
+    ]
+    return argv + [f"-{flag}={free_port()}" for flag in _WEED_PORTS]
+
+
+def start_prefect_server(stack: Stack) -> Proc:
+    env = base_env(stack.home)
+    argv = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(stack.prefect_port)]
+    proc = _spawn("prefect-server", argv, env, stack.home)
+    _wait_http(f"{stack.api_url}/health", proc, 120, "Prefect server")
+    return proc
+
+
+def start_worker(stack: Stack, env: Mapping[str, str], index: int = 1, pool: str = "cpu") -> Proc:
+    """A process worker for ``pool`` with the stack's environment (it is inherited by its flow runs)."""
+    wenv = base_env(stack.home) | dict(env)
+    wenv.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    wenv["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
+    wenv.setdefault("OGPO_WORK_DIR", str(stack.home / "work" / f"{pool}-{index}"))
+    argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", f"ogpo-{pool}-{index}"]
+    return _spawn(f"worker-{pool}-{index}", argv, wenv, stack.home, cwd=stack.home)
+
+
+def gpu_base_job_template(image: str = "localhost/ogpo:latest") -> dict:
+    """Docker job template for the ``gpu`` pool: Prefect's docker template + a GPU device request variable."""
+    import prefect
+
+    views = Path(prefect.__file__).parent / "server/api/collections_data/views"
+    path = views / "aggregate-worker-metadata.json"
+    meta = json.loads(path.read_text())
+    tpl = json.loads(json.dumps(meta["prefect-docker"]["docker"]["default_base_job_configuration"]))
+    tpl["job_configuration"]["container_create_kwargs"] = "{{ container_create_kwargs }}"
+    props = tpl["variables"]["properties"]
+    props["container_create_kwargs"] = {
+        "title": "Container create kwargs",
+        "description": "Extra docker create arguments; the default requests every GPU of the host.",
+        "type": "object",
+        "default": {"device_requests": [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]},
+    }
+    props["image"]["default"] = image
+    props["network_mode"]["default"] = "host"
+    props["env"]["default"] = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
+    return tpl
+
+
+def ensure_pools(api_url: str) -> None:
+    """Create (or update) the ``cpu`` process pool and the ``gpu`` docker pool."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.workers.process import ProcessWorker
+
+    pools = [
+        WorkPoolCreate(name="cpu", type="process", base_job_template=ProcessWorker.get_default_base_job_template()),
+        WorkPoolCreate(name="gpu", type="docker", base_job_template=gpu_base_job_template()),
+    ]
+    with _client(api_url) as client:
+        for pool in pools:
+            client.create_work_pool(pool, overwrite=True)
+
+
+class _client:
+    """A sync Prefect client for ``api_url`` (without touching the global profile)."""
+
+    def __init__(self, api_url: str) -> None:
+        self.api_url = api_url
+
+    def __enter__(self):
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        self._settings = temporary_settings({PREFECT_API_URL: self.api_url})
+        self._settings.__enter__()
+        self._c = get_client(sync_client=True)
+        return self._c.__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            self._c.__exit__(*exc)
+        finally:
+            self._settings.__exit__(*exc)
+
+
+def ensure_zombie_automation(api_url: str) -> None:
+    """A flow run whose heartbeats stop (its worker was killed) is put back to Scheduled, so a live
+    worker picks it up and runs it again (stages then resume from the run-cache and the mirrored state)."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    with _client(api_url) as client:
+        for existing in client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            client.delete_automation(existing.id)
+        auto = AutomationCore(
+            name=ZOMBIE_AUTOMATION,
+            description="Requeue flow runs of ogpo deployments that stopped sending heartbeats.",
+            trigger=EventTrigger(
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                after={"prefect.flow-run.heartbeat"},
+                expect={
+                    "prefect.flow-run.heartbeat",
+                    "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed",
+                    "prefect.flow-run.Scheduled",
+                    "prefect.flow-run.Pending",
+                },
+                for_each={"prefect.resource.id"},
+                posture=Posture.Proactive,
+                threshold=1,
+                within=timedelta(seconds=ZOMBIE_AFTER_S),
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.SCHEDULED,
+                    name="AwaitingRetry",
+                    message=f"No heartbeat for {ZOMBIE_AFTER_S} s: the worker died; rescheduled for another worker",
+                    force=True,
+                )
+            ],
+        )
+        client.create_automation(auto)
+
+
+def deploy(stack: Stack, env: Mapping[str, str]) -> None:
+    """``prefect --no-prompt deploy --all`` from the checkout (prefect.yaml), against this stack's server."""
+    denv = base_env(stack.home) | dict(env)
+    denv.setdefault("OGPO_GPU_IMAGE", "localhost/ogpo:latest")
+    res = subprocess.run(
+        [_bin("prefect"), "--no-prompt", "deploy", "--all"],
+        cwd=stack.repo,
+        env=denv,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if res.returncode != 0:
+        raise StackError(f"prefect deploy failed:\n{storage.redact(res.stdout[-2000:] + res.stderr[-2000:], env)}")
+
+
+def _save(stack: Stack) -> None:
+    data = {
+        "repo": str(stack.repo),
+        "prefect_port": stack.prefect_port,
+        "s3_port": stack.s3_port,
+        "bucket": stack.bucket,
+        "procs": {k: vars(v) for k, v in stack.procs.items()},
+    }
+    write_private(stack.home / "stack.json", json.dumps(data, indent=2))
+
+
+def load(home: Path | None = None) -> Stack:
+    home = home or default_home()
+    path = home / "stack.json"
+    if not path.exists():
+        raise StackError(f"no stack recorded in {home} (run `ogpo serve` first)")
+    data = json.loads(path.read_text())
+    return Stack(
+        home=home,
+        repo=Path(data["repo"]),
+        prefect_port=data["prefect_port"],
+        s3_port=data["s3_port"],
+        bucket=data["bucket"],
+        procs={k: Proc(**v) for k, v in data["procs"].items()},
+    )
+
+
+def serve(
+    repo: Path,
+    home: Path | None = None,
+    prefect_port: int = DEFAULT_PREFECT_PORT,
+    s3_port: int = DEFAULT_S3_PORT,
+    bucket: str = DEFAULT_BUCKET,
+    workers: int = 1,
+    deployments: bool = True,
+) -> Stack:
+    """Start the stack (idempotent: a running stack in ``home`` is an error, a stale record is replaced)."""
+    home = (home or default_home()).resolve()
+    repo = repo.resolve()
+    if not (repo / ".git").exists():
+        raise ConfigError(f"{repo}: not a git checkout (ogpo serve runs from the repository root)")
+    try:
+        old = load(home)
+        if any(p.alive() for p in old.procs.values()):
+            raise StackError(f"a stack is already running from {home} (ogpo stop first)")
+    except StackError as e:
+        if "already running" in str(e):
+            raise
+    for port, what in ((prefect_port, "Prefect"), (s3_port, "S3")):
+        if _port_in_use(port):
+            raise StackError(f"port {port} on {HOST} is in use: pick another {what} port")
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    stack = Stack(home=home, repo=repo, prefect_port=prefect_port, s3_port=s3_port, bucket=bucket)
+    creds = credentials(home)
+    env = stack_env(stack, creds)
+    write_private(stack.env_file, "".join(f"{k}={v}\n" for k, v in env.items()))
+    t0 = time.monotonic()
+
+    def step(msg: str) -> None:
+        log.info("[serve %5.1f s] %s", time.monotonic() - t0, msg)
+
+    try:
+        stack.procs["seaweed"] = start_seaweed(stack, creds)
+        _save(stack)
+        step(f"SeaweedFS S3 up on {stack.s3_endpoint}")
+        stack.procs["prefect-server"] = start_prefect_server(stack)
+        _save(stack)
+        step(f"Prefect server up on {stack.api_url}")
+        settings = storage.settings_from_env(env)
+        _ensure_bucket(settings, env)
+        storage.configure_dvc_remote(repo, settings)
+        step(f"bucket {bucket} and DVC remote '{storage.REMOTE_NAME}' configured")
+        ensure_pools(stack.api_url)
+        ensure_zombie_automation(stack.api_url)
+        step("work pools cpu/gpu and the requeue automation created")
+        if deployments:
+            deploy(stack, env)
+            step("deployments from prefect.yaml created")
+        for i in range(1, workers + 1):
+            stack.procs[f"worker-cpu-{i}"] = start_worker(stack, env, i)
+        _save(stack)
+        step(f"{workers} cpu worker(s) started")
+    except BaseException:
+        stop(home, quiet=True)
+        raise
+    return stack
+
+
+def _ensure_bucket(settings: storage.S3Settings, env: Mapping[str, str]) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        config=storage.boto_config(),
+    )
+    try:
+        client.head_bucket(Bucket=settings.bucket)
+    except Exception:
+        client.create_bucket(Bucket=settings.bucket)
+
+
+def _signal_group(proc: Proc, sig: int) -> None:
+    if proc.alive():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)  # each service was started in its own session: pgid == pid
+
+
+def _wait_gone(procs: list[Proc], timeout: float) -> list[Proc]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs = [p for p in procs if p.alive()]
+        if not procs:
+            return []
+        time.sleep(0.2)
+    return [p for p in procs if p.alive()]
+
+
+def stop_proc(proc: Proc, first: int, timeout: float) -> bool:
+    """Signal ``proc``'s group with ``first``, then SIGKILL after ``timeout``; True if it stopped cleanly."""
+    _signal_group(proc, first)
+    if not _wait_gone([proc], timeout):
+        return True
+    _signal_group(proc, signal.SIGKILL)
+    _wait_gone([proc], 5)
+    return False
+
+
+def stop(home: Path | None = None, quiet: bool = False, timeout: float = 30) -> list[str]:
+    """Stop the stack recorded in ``home``: workers (SIGINT), then the server and SeaweedFS (SIGTERM)."""
+    try:
+        stack = load(home)
+    except StackError:
+        if quiet:
+            return []
+        raise
+    order = sorted(stack.procs.values(), key=lambda p: (not p.name.startswith("worker"), p.name == "seaweed"))
+    lines = []
+    for proc in order:
+        if not proc.alive():
+            lines.append(f"{proc.name}: not running")
+            continue
+        sig = signal.SIGINT if proc.name.startswith("worker") else signal.SIGTERM
+        clean = stop_proc(proc, sig, timeout)
+        lines.append(f"{proc.name}: stopped" + ("" if clean else " (killed after timeout)"))
+    stack.procs = {}
+    _save(stack)
+    return lines
