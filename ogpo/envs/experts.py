@@ -14,10 +14,16 @@ gripper pointing down at a chosen yaw (fingers close along ``Rz(yaw) @ y``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ogpo.envs.robosuite import TaskSpec, task_spec
 from ogpo.errors import EnvError
+
+if TYPE_CHECKING:
+    from ogpo.data.demos import Episode
 
 POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # radians per unit action
@@ -345,3 +351,85 @@ def make_expert(task: str, num_envs: int, seed: int, noise: float = 0.0, scene: 
     if task not in EXPERTS:
         raise EnvError(f"no scripted expert for task {task!r}; available: {', '.join(sorted(EXPERTS))}")
     return EXPERTS[task](task, num_envs, seed, noise, scene)
+
+
+def collect_demos(
+    task: str,
+    n: int,
+    seed: int,
+    noise: float = 0.0,
+    *,
+    num_workers: int = 2,
+    keep_failures: bool = False,
+    max_episodes: int | None = None,
+    horizon: int | None = None,
+    store_model: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Episode]:
+    """Run the scripted expert of ``task`` on a vector env until ``n`` episodes are kept.
+
+    Kept are successful episodes only (like robomimic's human datasets) unless ``keep_failures``. Episodes
+    come back sorted by their episode seed, with states (and the MJCF when ``store_model``) so that they
+    can be replayed; rewards are robomimic's sparse 0/1 and dones follow robomimic's done_mode=2. The result
+    is a pure function of (task, n, seed, noise, num_workers). EnvError if the expert cannot reach ``n``
+    within ``max_episodes`` attempts (default 3n + 10).
+    """
+    from ogpo.data.demos import Episode
+    from ogpo.envs.vector import make_vector_env
+
+    if not isinstance(n, int) or n < 1:
+        raise EnvError(f"collect_demos: n must be an integer >= 1, got {n!r}")
+    max_episodes = max_episodes or 3 * n + 10
+    env = make_vector_env(
+        task, num_workers, seed, record_states=True, reward_mode="env", reward_shaping=False, horizon=horizon
+    )
+    try:
+        scene = env.call("scene_info")[0]
+        model = env.call("model_xml")[0] if store_model else None
+        expert = make_expert(task, num_workers, seed=seed, noise=noise, scene=scene)
+        obs = env.reset(seed)
+        states = env.last_states
+        expert.reset_all(obs)
+        buf: list[list[tuple]] = [[] for _ in range(num_workers)]
+        kept: list[Episode] = []
+        attempts = 0
+        while len(kept) < n:
+            act = expert.act(obs)
+            res = env.step(act)
+            for i in range(num_workers):
+                buf[i].append((obs[i], act[i], res.reward[i], res.final_obs[i], states[i], res.success[i]))
+                if not (res.terminated[i] or res.truncated[i]):
+                    continue
+                attempts += 1
+                o, a, r, no, st, sc = (np.asarray(x) for x in zip(*buf[i], strict=True))
+                buf[i] = []
+                expert.reset(i, res.obs[i])
+                ok = bool(res.success[i])
+                if ok or keep_failures:
+                    dones = sc.astype(np.uint8)
+                    dones[-1] = 1
+                    kept.append(
+                        Episode(
+                            obs=o.astype(np.float32),
+                            actions=a.astype(np.float32),
+                            rewards=r.astype(np.float32),
+                            dones=dones,
+                            success=ok,
+                            next_obs=no.astype(np.float32),
+                            states=st.astype(np.float64),
+                            model_file=model,
+                            seed=int(res.episode_seeds[i]),
+                        )
+                    )
+                    if progress is not None:
+                        progress(len(kept), n)
+            if len(kept) < n and attempts >= max_episodes:
+                raise EnvError(
+                    f"scripted expert for {task!r} kept {len(kept)} of {n} demos after {attempts} episodes "
+                    f"(noise {noise}); lower the noise or raise max_episodes"
+                )
+            obs, states = res.obs, res.states
+    finally:
+        env.close()
+    kept = sorted(kept, key=lambda e: e.seed)[:n]
+    return kept
