@@ -88,10 +88,18 @@ def run_pipeline(
 ) -> tuple[str, dict[str, StageResult]]:
     """Plan at ``rev`` and run the needed stages in dependency order, in parallel where the DAG allows."""
     logger = get_run_logger()
-    plan = plan_pipeline(repo_url, rev, profile, overrides, run_key)
-    sha, graph = plan["sha"], plan["graph"]
-    wanted = workspace.upstream_closure(graph, targets) if targets else set(graph)
+    collect = collect or {}
+    plan = plan_pipeline(
+        repo_url, rev, profile, overrides, run_key, targets, sorted({f for v in collect.values() for f in v})
+    )
+    sha, graph, wanted, probe = plan["sha"], plan["graph"], set(plan["wanted"]), plan["probe"]
     order = [s for s in workspace.topo_order(graph) if s in wanted]
+    if probe.get("complete"):
+        files = probe.get("files", {})
+        return sha, {
+            s: StageResult(s, sha, [], [s], 0.0, probe["lock"].get(s, {}), {f: files[f] for f in collect.get(s, [])})
+            for s in order
+        }
     gpu_online = finetune_pool != "cpu" and any(s.split("@")[0] in GPU_STAGES for s in order) and _gpu_online()
     if finetune_pool == "gpu" and not gpu_online:
         logger.warning("finetune_pool='gpu' but no GPU worker is online: the run waits for one")
@@ -103,7 +111,7 @@ def run_pipeline(
         if not failed:
             for stage in [s for s in waiting if all(u in results for u in graph[s] if u in wanted)]:
                 waiting.remove(stage)
-                files = (collect or {}).get(stage, [])
+                files = collect.get(stage, [])
                 spec = StageSpec(repo_url, sha, stage, run_key, profile, dict(overrides), files)
                 pool = _pool_for(stage, finetune_pool, gpu_online)
                 if pool == "gpu":

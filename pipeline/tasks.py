@@ -82,18 +82,50 @@ def _is_transient(task, task_run, state) -> bool:
 
 @task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_is_transient)
 def plan_pipeline(
-    repo_url: str, rev: str, profile: str | None, overrides: dict[str, Any], run_key: str
+    repo_url: str,
+    rev: str,
+    profile: str | None,
+    overrides: dict[str, Any],
+    run_key: str,
+    targets: list[str] | None = None,
+    collect: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Resolve ``rev`` to a commit and read the stage graph there (with the profile applied)."""
+    """Resolve ``rev`` to a commit, read the stage graph there, and probe the run-cache.
+
+    The probe restores the wanted stages from the run-cache without running any: when all of them are
+    hits (a re-run with nothing changed), the flow needs no stage task and finishes in seconds.
+    Returns ``{"sha", "graph", "wanted", "probe"}``; ``probe["files"]`` holds the ``collect`` files.
+    """
     logger = get_run_logger()
     dest = _ws_dir(run_key, f"plan-{rev}")
+    settings = storage.settings_from_env()
     try:
-        ws = workspace.prepare(repo_url, rev, dest, profile=profile, overrides=overrides, on_line=logger.info)
+        ws = workspace.prepare(
+            repo_url, rev, dest, profile=profile, overrides=overrides, settings=settings, on_line=logger.info
+        )
         graph = workspace.stage_graph(ws.path)
+        wanted = workspace.upstream_closure(graph, targets) if targets else set(graph)
+        probe = workspace.probe(ws, sorted(wanted))
+        if probe.get("complete"):
+            probe["files"] = _read_files(ws, collect or [], "probe")
     finally:
         shutil.rmtree(dest, ignore_errors=True)
     logger.info("revision %s = %s; %d stages: %s", rev, ws.sha[:12], len(graph), ", ".join(graph))
-    return {"sha": ws.sha, "graph": graph}
+    if probe.get("complete"):
+        logger.info("every wanted stage is a run-cache hit: nothing to run")
+    else:
+        logger.info("run-cache probe: %s", probe.get("first_miss") or probe.get("error"))
+    return {"sha": ws.sha, "graph": graph, "wanted": sorted(wanted), "probe": probe}
+
+
+def _read_files(ws: workspace.Workspace, rels: list[str], what: str) -> dict[str, Any]:
+    files = {}
+    for rel in rels:
+        path = ws.path / rel
+        if not path.is_file():
+            raise ConfigError(f"{what}: expected output {rel} is missing")
+        files[rel] = json.loads(path.read_text()) if rel.endswith(".json") else path.read_text()
+    return files
 
 
 def _stage_body(spec: StageSpec, settings: storage.S3Settings, log_line) -> StageResult:
@@ -125,15 +157,14 @@ def _stage_body(spec: StageSpec, settings: storage.S3Settings, log_line) -> Stag
     if mirror is not None and res.returncode != 0:
         mirror.upload_if_changed()
     ran, restored = workspace.parse_repro(res.output)
-    workspace.dvc(ws, "push", "--run-cache", spec.stage, on_line=log_line)
+    if ran:  # a restore came from the remote: its outputs and run-cache entries are there already
+        deps = ["--with-deps"] if set(ran) - {spec.stage} else []
+        workspace.dvc(ws, "push", "--run-cache", *deps, spec.stage, on_line=log_line)
+        for stage in ran:
+            workspace.push_uncached(ws, stage, on_line=log_line)
     if mirror is not None:
         mirror.clear()  # the outputs are in DVC now; the state has served its purpose
-    files = {}
-    for rel in spec.collect:
-        path = ws.path / rel
-        if not path.is_file():
-            raise ConfigError(f"stage {spec.stage}: expected output {rel} is missing")
-        files[rel] = json.loads(path.read_text()) if rel.endswith(".json") else path.read_text()
+    files = _read_files(ws, spec.collect, f"stage {spec.stage}")
     result = StageResult(
         stage=spec.stage,
         sha=spec.sha,

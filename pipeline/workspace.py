@@ -247,6 +247,35 @@ def dvc(ws: Workspace, *args: str, on_line: Callable[[str], None] | None = None)
     return check("dvc " + " ".join(args), res)
 
 
+def _own_code_env(ws: Workspace) -> dict[str, str]:
+    """Env that makes ``python -P -m pipeline.x`` import this worker's pipeline code, not the workspace's."""
+    import pipeline
+
+    env = dict(ws.env)
+    env["PYTHONPATH"] = str(Path(pipeline.__file__).resolve().parent.parent)
+    return env
+
+
+def probe(ws: Workspace, targets: Sequence[str], on_line: Callable[[str], None] | None = None) -> dict:
+    """Restore-only ``dvc repro --pull`` (pipeline/dvcx.py): ``{"complete": bool, "lock"|"first_miss": ...}``."""
+    import json
+
+    argv = [sys.executable, "-P", "-m", "pipeline.dvcx", "probe", *targets]
+    res = check("run-cache probe", run(argv, ws.path, _own_code_env(ws), on_line))
+    for line in reversed(res.output.splitlines()):
+        if line.startswith("PROBE "):
+            return json.loads(line[len("PROBE ") :])
+    return {"complete": False, "error": "probe printed no result"}
+
+
+def push_uncached(ws: Workspace, stage: str, on_line: Callable[[str], None] | None = None) -> CmdResult:
+    """Push the objects of the stage's ``cache: false`` outputs (see pipeline/dvcx.py for why)."""
+    # -P: do not import the workspace's own (possibly older) pipeline package; use this worker's code.
+    argv = [sys.executable, "-P", "-m", "pipeline.dvcx", "push-uncached", stage]
+    res = run(argv, ws.path, _own_code_env(ws), on_line)
+    return check(f"push uncached outputs of {stage}", res)
+
+
 def stage_graph(repo: Path) -> dict[str, list[str]]:
     """``{stage: [upstream stages]}`` of the dvc.yaml pipeline (foreach/matrix entries expanded)."""
     from dvc.repo import Repo

@@ -72,7 +72,7 @@ DVC_YAML = {
             "cmd": "python fake_stages.py evaluate",
             "deps": ["fake_stages.py", "models/finetuned"],
             "params": ["evaluate"],
-            "metrics": ["metrics/eval.json"],
+            "metrics": [{"metrics/eval.json": {"cache": False}}],
         },
     }
 }
