@@ -146,7 +146,7 @@ def stack_env(stack: Stack, creds: Mapping[str, str]) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "OGPO_S3_BUCKET": stack.bucket,
-        "OGPO_S3_ENDPOINT_URL": stack.s3_endpoint,
+        "OGPO_S3_ENDPOINT": stack.s3_endpoint,
         "OGPO_S3_REGION": "us-east-1",
         "OGPO_GIT_URL": str(stack.repo),
         "OGPO_ENV_FILE": str(stack.env_file),
@@ -208,47 +208,19 @@ def base_env(home: Path) -> dict[str, str]:
 
 
 def start_seaweed(stack: Stack, creds: Mapping[str, str]) -> Proc:
-    """SeaweedFS ``weed mini`` on 127.0.0.1 with S3 on ``stack.s3_port``; data under ``OGPO_HOME/seaweed``."""
+    """SeaweedFS ``weed mini`` on 127.0.0.1 with S3 on ``stack.s3_port``; data under ``OGPO_HOME/seaweed``.
+
+    Detached (not ``seaweed.SeaweedServer``, whose server dies with its parent): it outlives ``ogpo serve``.
+    """
+    from pipeline import seaweed
+
     data = stack.home / "seaweed"
     data.mkdir(parents=True, exist_ok=True)
-    argv = _weed_argv(data, stack.s3_port, stack.bucket)
+    argv = seaweed.weed_argv(seaweed.find_weed(), data, stack.s3_port, stack.bucket)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | dict(creds)
     proc = _spawn("seaweed", argv, env, stack.home, cwd=data)
     _wait_http(f"{stack.s3_endpoint}/status", proc, 60, "SeaweedFS")
     return proc
-
-
-# Every port `weed mini` opens; left to defaults they collide between stacks (and gRPC = port + 10000
-# overflows for high ports), so each one is chosen here.
-_WEED_PORTS = (
-    "master.port",
-    "master.port.grpc",
-    "volume.port",
-    "volume.port.grpc",
-    "filer.port",
-    "filer.port.grpc",
-    "s3.port.grpc",
-    "s3.port.iceberg",
-    "s3.port.lance",
-    "webdav.port",
-    "admin.port",
-    "admin.port.grpc",
-)
-
-
-def _weed_argv(data: Path, s3_port: int, bucket: str) -> list[str]:
-    """``weed mini`` bound to 127.0.0.1, no telemetry, S3 on ``s3_port`` and every other port free."""
-    argv = [
-        _bin("weed"),
-        "mini",
-        f"-dir={data}",
-        f"-ip={HOST}",
-        f"-ip.bind={HOST}",
-        "-master.telemetry=false",
-        f"-s3.port={s3_port}",
-        f"-bucket={bucket}",
-    ]
-    return argv + [f"-{flag}={free_port()}" for flag in _WEED_PORTS]
 
 
 def start_prefect_server(stack: Stack) -> Proc:

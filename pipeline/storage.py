@@ -9,7 +9,8 @@ Environment variables:
 
 - ``OGPO_S3_BUCKET`` (required): the bucket holding the DVC remote and the resumable stage state.
 - ``OGPO_S3_PREFIX`` (default ``dvc``): key prefix of the DVC remote inside the bucket.
-- ``OGPO_S3_ENDPOINT_URL`` (optional; falls back to ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``): unset = AWS.
+- ``OGPO_S3_ENDPOINT`` (optional; falls back to ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``): unset = AWS.
+  The same names as ``ogpo.data.s3`` (demo sources), so one environment serves both.
 - ``OGPO_S3_REGION`` (optional; falls back to ``AWS_REGION``/``AWS_DEFAULT_REGION``, then ``us-east-1``).
 - ``AWS_PROFILE`` or ``AWS_ACCESS_KEY_ID`` + ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``).
 """
@@ -49,10 +50,6 @@ class S3Settings:
     def remote_url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
-    def state_prefix(self) -> str:
-        """Key prefix for resumable stage state (kept beside, not inside, the DVC remote)."""
-        return "state"
-
 
 def settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
     """Read :class:`S3Settings` from ``env`` (default ``os.environ``); raises ConfigError naming the variable."""
@@ -63,9 +60,9 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> S3Settings:
     if not _BUCKET_RE.match(bucket):
         raise ConfigError(f"OGPO_S3_BUCKET={bucket!r} is not a valid S3 bucket name")
     prefix = env.get("OGPO_S3_PREFIX", "dvc").strip("/")
-    endpoint = env.get("OGPO_S3_ENDPOINT_URL") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    endpoint = env.get("OGPO_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     if endpoint and not re.match(r"^https?://[^\s/]+", endpoint):
-        raise ConfigError(f"OGPO_S3_ENDPOINT_URL={endpoint!r} must start with http:// or https://")
+        raise ConfigError(f"OGPO_S3_ENDPOINT={endpoint!r} must start with http:// or https://")
     region = env.get("OGPO_S3_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     profile = env.get("AWS_PROFILE") or None
     has_keys = bool(env.get("AWS_ACCESS_KEY_ID")) and bool(env.get("AWS_SECRET_ACCESS_KEY"))
@@ -149,10 +146,23 @@ def boto_config():
 
 
 def s3_client(settings: S3Settings | None = None):
-    """A boto3 S3 client for ``settings`` (default: from the environment) with retries and timeouts."""
+    """A boto3 S3 client for ``settings`` (default: from the environment) with retries and timeouts.
+
+    With keys in the environment this is ``ogpo.data.s3.make_client``; with ``AWS_PROFILE`` a session on
+    that profile (the demo client supports keys only).
+    """
     import boto3
 
     settings = settings or settings_from_env()
+    if not settings.profile:
+        from ogpo.data.s3 import make_client
+
+        return make_client(
+            settings.endpoint_url,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+            max_attempts=MAX_ATTEMPTS,
+        )
     session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
     return session.client("s3", endpoint_url=settings.endpoint_url, config=boto_config())
 
