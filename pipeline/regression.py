@@ -107,7 +107,9 @@ def run_regression(
     }
     settings = storage.settings_from_env()
     key = f"reports/regression/{report['time']}-{sides['current'][1][:12]}.json"
-    storage.s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(report, indent=2))
+    client = storage.s3_client(settings)
+    storage.guarded("writing the regression report", client.put_object, Bucket=settings.bucket, Key=key,
+                    Body=json.dumps(report, indent=2))  # fmt: skip
     logger.info("regression report: s3://%s/%s", settings.bucket, key)
     if cmp.regressed:
         raise RegressionDetected(cmp.summary())

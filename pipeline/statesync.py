@@ -61,14 +61,16 @@ class StateMirror:
         self._seq = 0
 
     def _latest(self) -> dict | None:
+        where = f"s3://{self.settings.bucket}/{self.key}/LATEST"
         try:
-            obj = self.client.get_object(Bucket=self.settings.bucket, Key=f"{self.key}/LATEST")
-        except self.client.exceptions.NoSuchKey:
-            return None
-        except Exception as e:  # botocore ClientError for 404 on some servers
+            obj = storage.guarded(f"reading {where}", self.client.get_object, Bucket=self.settings.bucket,
+                                  Key=f"{self.key}/LATEST")  # fmt: skip
+        except storage.TransientError:
+            raise
+        except StorageError as e:
             if "404" in str(e) or "NoSuchKey" in str(e):
                 return None
-            raise StorageError(f"reading s3://{self.settings.bucket}/{self.key}/LATEST: {e}") from e
+            raise
         return json.loads(obj["Body"].read())
 
     def restore(self) -> int:
@@ -80,7 +82,10 @@ class StateMirror:
         self._seq = int(latest.get("seq", 0))
         n = 0
         for rel in latest["files"]:
-            body = self.client.get_object(Bucket=self.settings.bucket, Key=f"{self.key}/{snap}/{rel}")["Body"]
+            obj = storage.guarded(
+                "restoring state", self.client.get_object, Bucket=self.settings.bucket, Key=f"{self.key}/{snap}/{rel}"
+            )
+            body = obj["Body"]
             dest = self.local_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{dest.name}.restore")
@@ -103,10 +108,14 @@ class StateMirror:
             return False
         self._seq += 1
         snap = f"snap-{self._seq:06d}-{int(time.time())}"
+        put = self.client.put_object
         for rel, body in data.items():
-            self.client.put_object(Bucket=self.settings.bucket, Key=f"{self.key}/{snap}/{rel}", Body=body)
+            storage.guarded(
+                "uploading state", put, Bucket=self.settings.bucket, Key=f"{self.key}/{snap}/{rel}", Body=body
+            )
         pointer = {"snapshot": snap, "seq": self._seq, "files": sorted(data)}
-        self.client.put_object(Bucket=self.settings.bucket, Key=f"{self.key}/LATEST", Body=json.dumps(pointer))
+        storage.guarded("uploading state", put, Bucket=self.settings.bucket, Key=f"{self.key}/LATEST",
+                        Body=json.dumps(pointer))  # fmt: skip
         self._last = _fingerprint(self.local_dir)
         self._prune(keep=snap)
         log.info("uploaded resumable state snapshot %s (%d files)", snap, len(data))
@@ -125,6 +134,9 @@ class StateMirror:
 
     def clear(self) -> None:
         """Remove all state for this key (the stage completed: its outputs are in DVC now)."""
+        storage.guarded("clearing state", self._clear)
+
+    def _clear(self) -> None:
         paginator = self.client.get_paginator("list_objects_v2")
         keys = []
         for page in paginator.paginate(Bucket=self.settings.bucket, Prefix=f"{self.key}/"):

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ogpo.errors import ConfigError
+from ogpo.errors import ConfigError, StorageError
 
 REMOTE_NAME = "s3"
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
@@ -175,3 +175,29 @@ def redact(text: str, env: Mapping[str, str] | None = None) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+class TransientError(StorageError):
+    """The object store (or network) failed in a way that a retry can fix: tasks retry these only."""
+
+
+def guarded(what: str, fn, *args, **kwargs):
+    """Call a boto3 operation; connection faults become TransientError, other failures StorageError."""
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    try:
+        return fn(*args, **kwargs)
+    except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as e:
+        raise TransientError(f"{what}: object store unreachable, will retry ({type(e).__name__})") from None
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status >= 500 or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            raise TransientError(f"{what}: object store error {code or status}, will retry") from None
+        raise StorageError(f"{what}: object store answered {code or status}") from None

@@ -8,6 +8,7 @@ restore, not a re-run. Only transient storage faults are retried; a stage's own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -132,32 +133,40 @@ def _stage_body(spec: StageSpec, settings: storage.S3Settings, log_line) -> Stag
     """Run one stage in a fresh workspace; shared by the local task and the remote (gpu) stage flow."""
     t0 = time.monotonic()
     dest = _ws_dir(spec.run_key, spec.stage)
-    ws = workspace.prepare(
-        spec.repo_url,
-        spec.sha,
-        dest,
-        profile=spec.profile,
-        overrides=spec.overrides,
-        settings=settings,
-        on_line=log_line,
-    )
+    ws = workspace.reuse(dest, spec.sha)  # a retry in this process: keep what the last attempt computed
+    reused = ws is not None
+    if ws is None:
+        ws = workspace.prepare(
+            spec.repo_url,
+            spec.sha,
+            dest,
+            profile=spec.profile,
+            overrides=spec.overrides,
+            settings=settings,
+            on_line=log_line,
+        )
+    else:
+        log_line(f"retry: reusing workspace {dest}")
     mirror = uploader = None
     if RESUMABLE.match(spec.stage):
         key = f"state/{spec.run_key}/{spec.stage}"
         mirror = StateMirror(key, ws.path / STATE_DIR, settings)
-        if n := mirror.restore():
+        if not reused and (n := mirror.restore()):
             log_line(f"resuming {spec.stage} from {n} state files in s3://{settings.bucket}/{key}")
         uploader = Uploader(mirror, STATE_UPLOAD_PERIOD_S)
         uploader.start()
     try:
         res = workspace.dvc(ws, "repro", "--pull", spec.stage, on_line=log_line)
-    finally:
+    except BaseException:
         if uploader is not None:
             uploader.stop()
-    if mirror is not None and res.returncode != 0:
-        mirror.upload_if_changed()
-    ran, restored = workspace.parse_repro(res.output)
-    if ran:  # a restore came from the remote: its outputs and run-cache entries are there already
+            with contextlib.suppress(Exception):  # best effort: keep the newest state for the retry
+                mirror.upload_if_changed()
+        raise
+    if uploader is not None:
+        uploader.stop()
+    ran, restored, _unchanged = workspace.parse_repro(res.output)
+    if spec.stage not in restored:  # a run-cache restore came from the remote: nothing new to push
         deps = ["--with-deps"] if set(ran) - {spec.stage} else []
         workspace.dvc(ws, "push", "--run-cache", *deps, spec.stage, on_line=log_line)
         for stage in ran:
@@ -182,7 +191,9 @@ def _stage_body(spec: StageSpec, settings: storage.S3Settings, log_line) -> Stag
 def record_result(settings: storage.S3Settings, run_key: str, result: StageResult) -> str:
     """Store a stage result in the bucket so a parent flow on another worker can read it."""
     key = f"runs/{run_key}/{result.stage}.json"
-    storage.s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=json.dumps(asdict(result)))
+    client = storage.s3_client(settings)
+    storage.guarded("recording the stage result", client.put_object, Bucket=settings.bucket, Key=key,
+                    Body=json.dumps(asdict(result)))  # fmt: skip
     return key
 
 

@@ -24,6 +24,9 @@ import yaml
 
 from ogpo.errors import ConfigError, OGPOError, StorageError
 from pipeline import storage
+from pipeline.storage import TransientError
+
+__all__ = ["TransientError", "StageError", "Workspace", "CmdResult"]
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,6 @@ _TRANSIENT = (
     "failed to transfer",
 )
 _AUTH = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "Forbidden", "(403)", "ExpiredToken")
-
-
-class TransientError(StorageError):
-    """The object store (or network) failed in a way that a retry can fix: the task retries these only."""
 
 
 class StageError(OGPOError):
@@ -226,7 +225,16 @@ def prepare(
         _set_local_cache(dest, cache_dir)
     apply_profile(ws, profile, on_line)
     apply_overrides(ws, overrides or {})
+    (dest / ".git" / "ogpo-prepared").write_text(sha)
     return ws
+
+
+def reuse(dest: Path, sha: str) -> Workspace | None:
+    """The workspace at ``dest`` if a previous attempt fully prepared it at ``sha``, else None."""
+    marker = dest / ".git" / "ogpo-prepared"
+    if marker.is_file() and marker.read_text().strip() == sha:
+        return Workspace(path=dest, sha=sha, env=worker_env())
+    return None
 
 
 def _set_local_cache(repo: Path, cache_dir: Path) -> None:
@@ -352,15 +360,15 @@ def lock_entry(ws: Workspace, stage: str) -> dict:
 
 
 _RAN = re.compile(r"^Running stage '([^']+)'")
-_CACHED = re.compile(r"^Stage '([^']+)' (is cached|didn't change)")
+_RESTORED = re.compile(r"^Stage '([^']+)' is cached")
+_UNCHANGED = re.compile(r"^Stage '([^']+)' didn't change")
 
 
-def parse_repro(output: str) -> tuple[list[str], list[str]]:
-    """(stages that ran, stages restored from cache or unchanged) from ``dvc repro`` output."""
-    ran, cached = [], []
+def parse_repro(output: str) -> tuple[list[str], list[str], list[str]]:
+    """(stages that ran, restored from the run-cache, unchanged in this workspace) from ``dvc repro``."""
+    ran, restored, unchanged = [], [], []
     for line in output.splitlines():
-        if m := _RAN.match(line.strip()):
-            ran.append(m.group(1))
-        elif m := _CACHED.match(line.strip()):
-            cached.append(m.group(1))
-    return ran, cached
+        for regex, bucket in ((_RAN, ran), (_RESTORED, restored), (_UNCHANGED, unchanged)):
+            if m := regex.match(line.strip()):
+                bucket.append(m.group(1))
+    return ran, restored, unchanged

@@ -31,17 +31,16 @@ if stage == "ingest":
 elif stage == "finetune":
     n_demo = len(Path("data/demos.txt").read_text().split())
     state = Path("state/finetune/progress.json")
-    done = json.loads(state.read_text())["step"] if state.exists() else 0
-    log = Path("state/finetune/steps.log")
-    for step in range(done, p["steps"]):
+    steps = json.loads(state.read_text())["steps"] if state.exists() else []
+    if steps:
+        print(f"resuming at step {len(steps)}", flush=True)
+    for step in range(len(steps), p["steps"]):
         time.sleep(p["step_s"])
+        steps.append(step)
         state.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "a") as f:
-            f.write(f"{step}\n")
         tmp = state.with_name(".progress.tmp")
-        tmp.write_text(json.dumps({"step": step + 1}))
+        tmp.write_text(json.dumps({"steps": steps}))
         os.replace(tmp, state)
-    steps = [int(s) for s in log.read_text().split()] if log.exists() else []
     w = torch.arange(4, dtype=torch.float32) * p["scale"] + n_demo
     save_checkpoint("models/finetuned", {"actor.w": w}, {"format": "fake", "steps": steps})
     import shutil

@@ -1,0 +1,39 @@
+"""Typed flow parameters: bad deployment parameters are rejected by schema before any work starts."""
+
+import jsonschema
+import pytest
+from prefect.exceptions import ParameterTypeError
+from prefect.utilities.callables import parameter_schema
+
+from pipeline.flows import ogpo
+
+BAD = [
+    {"profile": "huge"},
+    {"mode": "everything"},
+    {"rev": "--upload-pack=evil"},
+    {"rev": "main branch"},
+    {"alpha": 0.7},
+    {"targets": ["finetune; rm -rf /"]},
+    {"finetune_pool": "tpu"},
+]
+
+
+@pytest.mark.parametrize("params", BAD)
+def test_flow_rejects_bad_parameters(params):
+    with pytest.raises(ParameterTypeError):
+        ogpo.validate_parameters(params)
+
+
+@pytest.mark.parametrize("params", BAD)
+def test_server_schema_rejects_bad_parameters(params):
+    """The JSON schema the server enforces (enforce_parameter_schema) rejects the same inputs."""
+    schema = parameter_schema(ogpo.fn).model_dump_for_openapi()
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(params, schema)
+
+
+def test_good_parameters_pass():
+    good = {"profile": "tiny", "rev": "v1.2/rc-1", "targets": ["finetune@0"], "alpha": 0.01,
+            "overrides": {"finetune.steps": 10}}  # fmt: skip
+    assert ogpo.validate_parameters(good)["profile"] == "tiny"
+    jsonschema.validate(good, parameter_schema(ogpo.fn).model_dump_for_openapi())
