@@ -575,7 +575,10 @@ def _provenance_section(inp: ReportInputs) -> str:
     rate = ds.get("success_rate")
     rows = [
         ["git revision", f"<code>{escape(inp.git_rev)}</code>"],
-        ["data content hash", f"<code>{escape(str(ds.get('content_hash', 'unknown')))}</code>"],
+        [
+            "data content hash",
+            f"<code>{escape(str(ds.get('content_sha256', ds.get('content_hash', 'unknown'))))}</code>",
+        ],
         ["demonstration episodes", escape(str(ds.get("episodes", "—")))],
         ["demonstration success rate", fmt_pct(rate) if isinstance(rate, int | float) else "—"],
         ["params.yaml sha256", f"<code>{params_hash}</code>"],
@@ -638,7 +641,9 @@ def build_report(inputs: ReportInputs) -> str:
         if col not in inputs.learning_curve:
             raise ReportInputError(f"report inputs: learning curve has no column '{col}'")
     generated = inputs.generated_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    data_hash = (inputs.data_summary or {}).get("content_hash", "unknown")
+    data_hash = (inputs.data_summary or {}).get(
+        "content_sha256", (inputs.data_summary or {}).get("content_hash", "unknown")
+    )
     meta = (
         f"git <code>{escape(inputs.git_rev[:12])}</code> · data <code>{escape(str(data_hash)[:16])}</code> · "
         f"generated {escape(generated)}"
@@ -664,3 +669,8 @@ def build_report(inputs: ReportInputs) -> str:
         f"<title>{escape(inputs.title)}</title><style>{CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
+
+
+def _data_hash(summary: dict[str, Any]) -> str:
+    """The dataset's content hash from the ingest summary (``content_sha256``; ``content_hash`` also read)."""
+    return str(summary.get("content_sha256", summary.get("content_hash", "unknown")))

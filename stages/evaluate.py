@@ -35,6 +35,7 @@ class EvaluateParams:
     episodes: int = param(100, ge=1)
     seed: int = param(424242, ge=0)
     num_envs: int = param(2, ge=1)
+    env_horizon: int | None = param(None, ge=1)  # episode length override (None = the task's default)
     mode: str = "ode"  # ode: online actor, deterministic (spec 8.1); sde: EMA actor, stochastic
     videos: int = param(2, ge=0)  # GIFs per policy
     video_size: int = param(128, ge=16)
@@ -52,7 +53,7 @@ def _videos(task: str, name: str, policy, H: int, p: EvaluateParams) -> list[str
     from ogpo.envs.robosuite import RobosuiteEnv
     from ogpo.video import record_episode, save_gif
 
-    env = RobosuiteEnv(task, render=True, render_size=p.video_size)
+    env = RobosuiteEnv(task, render=True, render_size=p.video_size, horizon=p.env_horizon)
     out = []
     try:
         for i in range(p.videos):
@@ -76,7 +77,7 @@ def run() -> None:
         if len(tasks) != 1:
             raise ValueError(f"policies were trained on different tasks: {sorted(tasks)}")
         task = tasks.pop()
-        env = make_env(task, p.num_envs, seed=p.seed)
+        env = make_env(task, p.num_envs, seed=p.seed, horizon=p.env_horizon)
         VIDEOS.mkdir(parents=True, exist_ok=True)  # a DVC out even when no video is recorded (toy task)
         for old in VIDEOS.glob("*.gif"):
             old.unlink()

@@ -49,6 +49,7 @@ class FinetuneParams:
     num_envs: int = param(2, ge=1)  # rollout envs (subprocess workers for robosuite)
     eval_num_envs: int = param(2, ge=1)
     replay_capacity: int = param(2_000_000, ge=1)
+    env_horizon: int | None = param(None, ge=1)  # episode length override (None = the task's default)
     state_dir: str = "state/finetune"
     agent: OGPOConfig = field(default_factory=OGPOConfig)
     online: OnlineConfig = field(default_factory=OnlineConfig)
@@ -128,8 +129,8 @@ def run() -> None:
     state_path = Path(p.state_dir)
     fingerprint = _fingerprint(p)
     curve: list[dict] = []
-    env = make_env(task, p.num_envs, seed=p.seed)
-    eval_env = make_env(task, p.eval_num_envs, seed=p.seed + 7919)
+    env = make_env(task, p.num_envs, seed=p.seed, horizon=p.env_horizon)
+    eval_env = make_env(task, p.eval_num_envs, seed=p.seed + 7919, horizon=p.env_horizon)
     trainer = OnlineTrainer(agent, env, eval_env, replay, p.online)
     if (state_path / "config.json").exists():
         saved = json.loads((state_path / "config.json").read_text())

@@ -37,9 +37,15 @@ def run() -> None:
     p = load_params("ingest", IngestParams)
     with Timer() as timer:
         summary = ingest(
-            p.source, DATA, task=p.task, count=p.count, seed=p.seed, noise=p.noise, filter_key=p.filter_key
+            p.source,
+            DATA,
+            task=p.task,
+            count=p.count,
+            seed=p.seed,
+            noise=p.noise,
+            filter_key=p.filter_key,
+            summary_path=SUMMARY,
         )
-    write_json_atomic(SUMMARY, summary)
     steps = int(sum(summary.get("lengths", []) or [0]))
     write_json_atomic(
         METRICS,

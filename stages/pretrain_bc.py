@@ -39,6 +39,7 @@ class PretrainParams:
     device: str = "cpu"
     num_envs: int = param(2, ge=1)  # parallel evaluation envs
     eval_episodes: int = param(32, ge=1)
+    env_horizon: int | None = param(None, ge=1)  # episode length override (None = the task's default)
     eval_mode: str = "sde"  # the gate uses the EMA actor with the SDE sampler, as the official code
     gcp: GCPConfig = field(default_factory=GCPConfig)
     bc: BCConfig = field(default_factory=BCConfig)
@@ -59,7 +60,7 @@ def run() -> None:
         p.gcp.obs_dim, p.gcp.act_dim = info["obs_dim"], info["act_dim"]
         actor = make_gcp(p.gcp).to(p.device)
         target = copy.deepcopy(actor).requires_grad_(False)
-        env = make_env(task, p.num_envs, seed=p.seed)
+        env = make_env(task, p.num_envs, seed=p.seed, horizon=p.env_horizon)
         try:
 
             def gate(step: int) -> float:

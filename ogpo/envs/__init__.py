@@ -7,8 +7,11 @@ from ogpo.envs.base import StepResult, VectorEnv
 TOY_TASK = "toy"
 
 
-def make_env(task: str, num_envs: int, seed: int = 0, **kwargs) -> VectorEnv:
-    """A vector env for ``task``: ``toy`` (numpy, in-process) or a robosuite task (subprocess workers)."""
+def make_env(task: str, num_envs: int, seed: int = 0, horizon: int | None = None, **kwargs) -> VectorEnv:
+    """A vector env for ``task``: ``toy`` (numpy, in-process) or a robosuite task (subprocess workers).
+    ``horizon`` overrides the task's episode length (None = the registry's)."""
+    if horizon is not None:
+        kwargs["horizon"] = horizon
     if task == TOY_TASK:
         from ogpo.envs.toy import PointGapEnv
 

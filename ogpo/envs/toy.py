@@ -1,10 +1,12 @@
 """A cheap 2-D point-robot task with sparse success, for learning tests that run in minutes on a CPU.
 
-The robot starts on the left of a wall and must reach a goal disc on the right. The wall has two narrow gaps
-(upper and lower), so demonstrations are multimodal: the scripted demonstrator picks a gap at random. Hitting
-the wall blocks the move, so an imprecise policy wastes steps and runs out of time: success is a real,
-sparse signal. Reward follows the robomimic convention of spec 5 (-1 per step, +5 on success, terminate on
-success). All N envs are simulated together in numpy (vectorized), far faster than the learner.
+The robot starts on the left of a wall, must pass through a narrow gap and then reach one of two goal discs
+(upper right or lower right). Demonstrations are multimodal: the scripted demonstrator picks a goal at random,
+so an under-trained policy averages the modes and heads between the goals, or grazes the wall and loses time
+sliding along it. Either way it runs out of time: success is a real, sparse signal, and the fixes are local
+(commit to a goal, aim at the gap), which is what fine-tuning should find.
+Reward follows the robomimic convention of spec 5 (-1 per step, +5 on success, terminate on success).
+All N envs are simulated together in numpy (vectorized), far faster than the learner.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from ogpo.errors import ShapeError
 
 @dataclass(frozen=True)
 class ToyConfig:
-    horizon: int = 40  # primitive steps per episode
+    horizon: int = 30  # primitive steps per episode
     step_size: float = 0.1  # displacement per unit action
     wall_half_width: float = 0.05
-    gap_centers: tuple[float, ...] = (0.5, -0.5)
+    gap_centers: tuple[float, ...] = (0.0,)
     gap_half_height: float = 0.08
-    goal: tuple[float, float] = (0.75, 0.0)
-    goal_radius: float = 0.12
+    goals: tuple[tuple[float, float], ...] = ((0.7, 0.5), (0.7, -0.5))
+    goal_radius: float = 0.1
     start_x: float = -0.75
     start_y_range: float = 0.3
     success_bonus: float = 5.0
@@ -86,9 +88,13 @@ class PointGapEnv:
         a = np.clip(a, -1.0, 1.0)
         new = np.clip(self.pos + self.cfg.step_size * a, -1.0, 1.0)
         blocked = self._blocked(self.pos, new)
-        self.pos = np.where(blocked[:, None], self.pos, new)
+        # a blocked move keeps only its motion along the wall (the robot slides; it never sticks)
+        slide = np.stack([self.pos[:, 0], new[:, 1]], axis=1)
+        slide_ok = ~self._blocked(self.pos, slide)
+        self.pos = np.where(blocked[:, None], np.where(slide_ok[:, None], slide, self.pos), new)
         self.t += 1
-        success = np.linalg.norm(self.pos - np.asarray(self.cfg.goal), axis=1) <= self.cfg.goal_radius
+        dist = np.linalg.norm(self.pos[:, None, :] - np.asarray(self.cfg.goals)[None], axis=2)
+        success = (dist <= self.cfg.goal_radius).any(axis=1)
         reward = -1.0 + (1.0 + self.cfg.success_bonus) * success  # robomimic r - 1 (+5): 5 on success
         terminated = success.copy()
         truncated = (self.t >= self.horizon) & ~terminated
@@ -110,19 +116,20 @@ class PointGapEnv:
         pass
 
 
-def scripted_actions(pos: np.ndarray, gap: np.ndarray, cfg: ToyConfig, rng: np.random.Generator, noise: float):
-    """The demonstrator: head for the chosen gap's entrance, pass through it, then go to the goal."""
+def scripted_actions(pos: np.ndarray, goal: np.ndarray, cfg: ToyConfig, rng: np.random.Generator, noise: float):
+    """The demonstrator: line up with the gap, pass through it, then head for the chosen goal."""
     w = cfg.wall_half_width
-    gy = np.asarray(cfg.gap_centers)[gap]
+    gy = cfg.gap_centers[0]
     aligned = np.abs(pos[:, 1] - gy) < 0.03
     before = (pos[:, 0] < -w - 0.02) & ~aligned
     inside = ~before & (pos[:, 0] < w + 0.05)
+    g = np.asarray(cfg.goals)[goal]
+    n = len(pos)
     target = np.where(
         before[:, None],
-        np.stack([np.full_like(gy, -w - 0.05), gy], 1),
-        np.where(inside[:, None], np.stack([np.full_like(gy, w + 0.15), gy], 1), np.asarray(cfg.goal)[None]),
+        np.stack([np.full(n, -w - 0.05), np.full(n, gy)], 1),
+        np.where(inside[:, None], np.stack([np.full(n, w + 0.15), np.full(n, gy)], 1), g),
     )
-    # aim at the gap's height first when far from it, so the robot never grazes the wall
     a = (target - pos) / cfg.step_size
     a = np.clip(a, -1.0, 1.0) + noise * rng.standard_normal(pos.shape)
     return np.clip(a, -1.0, 1.0)
@@ -134,12 +141,12 @@ def collect_toy_demos(n_episodes: int, seed: int, noise: float = 0.3, cfg: ToyCo
     env = PointGapEnv(n_episodes, cfg)
     obs = env.reset(seed)
     rng = np.random.default_rng(seed + 1)
-    gap = rng.integers(len(cfg.gap_centers), size=n_episodes)
+    goal = rng.integers(len(cfg.goals), size=n_episodes)
     alive = np.ones(n_episodes, dtype=bool)
     traj: list[list[tuple]] = [[] for _ in range(n_episodes)]
     episodes: list[dict | None] = [None] * n_episodes
     while alive.any():
-        act = scripted_actions(env.pos, gap, cfg, rng, noise)
+        act = scripted_actions(env.pos, goal, cfg, rng, noise)
         res = env.step(act)
         for i in np.flatnonzero(alive):
             traj[i].append((obs[i], act[i].astype(np.float32), res.reward[i], res.final_obs[i]))

@@ -42,7 +42,13 @@ def policy_fn(gcp, deterministic: bool, gen: torch.Generator):
 
 
 def run(
-    kind: str, seed: int = 0, total_env_steps: int = 16_000, verbose: bool = True, sigma0: float = 0.2, utd: float = 0.25, **overrides
+    kind: str,
+    seed: int = 0,
+    total_env_steps: int = 16_000,
+    verbose: bool = True,
+    sigma0: float = 0.2,
+    utd: float = 0.25,
+    **overrides,
 ) -> dict:
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -89,7 +95,8 @@ def run(
         if verbose:
             print(
                 f"[{kind}] {row['env_steps']:6d} steps  success {row['success']:.2f}  len {row['episode_length']:.1f}"
-                f"  rollout {row['rollout_success']:.2f}  clip {row['clip_frac']:.3f}  adv {row['adv_abs']:.3f} q {row['q_mean']:.2f}"
+                f"  rollout {row['rollout_success']:.2f}  clip {row['clip_frac']:.3f}  adv {row['adv_abs']:.3f}"
+                f"  q {row['q_mean']:.2f}"
                 f"  critic {row['critic_loss']:.3f}  t {row['wall_time']:.0f}s",
                 flush=True,
             )
@@ -104,5 +111,7 @@ def run(
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    kw = {k: float(v) if "." in v or "e" in v else int(v) for k, v in (a.split("=") for a in sys.argv[2:])}
+    import yaml
+
+    kw = {k: yaml.safe_load(v) for k, v in (a.split("=") for a in sys.argv[2:])}
     run(sys.argv[1] if len(sys.argv) > 1 else "flow", **kw)
