@@ -56,9 +56,22 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config: 
         raise
 
 
+def recover_checkpoint(path: str | Path) -> bool:
+    """Finish an interrupted replacement: if only the previous copy (``.name.old``) exists, put it back.
+
+    Replacing a checkpoint directory takes two renames; a process killed between them leaves the old copy
+    under its temporary name. Returns whether a checkpoint exists at ``path`` afterwards."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    return path.is_dir()
+
+
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint directory, verifying the weights hash; raises CheckpointError naming the problem."""
     path = Path(path)
+    recover_checkpoint(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: checkpoint directory not found")
     for name in (WEIGHTS, CONFIG):

@@ -20,7 +20,14 @@ import torch
 
 from ogpo.agents.ogpo import OGPOAgent, OGPOConfig
 from ogpo.agents.online import METRIC_KEYS, OnlineConfig, OnlineTrainer
-from ogpo.checkpoint import file_sha256, load_checkpoint, load_module_tensors, module_tensors, save_checkpoint
+from ogpo.checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    load_module_tensors,
+    module_tensors,
+    recover_checkpoint,
+    save_checkpoint,
+)
 from ogpo.data.replay import ReplayBuffer
 from ogpo.envs import make_env
 from ogpo.errors import CheckpointError
@@ -132,7 +139,7 @@ def run() -> None:
     env = make_env(task, p.num_envs, seed=p.seed, horizon=p.env_horizon)
     eval_env = make_env(task, p.eval_num_envs, seed=p.seed + 7919, horizon=p.env_horizon)
     trainer = OnlineTrainer(agent, env, eval_env, replay, p.online)
-    if (state_path / "config.json").exists():
+    if recover_checkpoint(state_path) and (state_path / "config.json").exists():
         saved = json.loads((state_path / "config.json").read_text())
         if saved.get("fingerprint") == fingerprint:
             curve = _load_state(state_path, trainer)

@@ -125,7 +125,8 @@ def _check_finite_step(name: str, loss: torch.Tensor, grad_norm: torch.Tensor) -
     """Stop before the optimizer step when a loss or gradient is not finite (weights stay the last good ones).
     One host sync per step: cheap next to the B*G*K network evaluations of an update."""
     if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-        raise TrainingError(f"{name} is not finite (loss={float(loss.detach()):.4g}); stopped before the optimizer step")
+        value = float(loss.detach())
+        raise TrainingError(f"{name} is not finite (loss={value:.4g}); stopped before the optimizer step")
 
 
 class OGPOAgent:
