@@ -264,13 +264,23 @@ class SquareExpert(ScriptedExpert):
     HANDLE = 0.054
     CARRY_Z = 1.02
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.k_target = np.full(self.n, np.nan)  # nut yaw goal as a multiple of 90 deg, latched after grasp
+
+    def reset(self, i: int, obs: np.ndarray) -> None:
+        super().reset(i, obs)
+        self.k_target[i] = np.nan
+
     @staticmethod
-    def _square_error(nut_yaw: np.ndarray) -> np.ndarray:
-        """Yaw error to the nearest multiple of 90 deg, skipping 0 (handle pointing away from the robot):
-        with the handle beyond the peg the wrist is out of the Panda's reach."""
-        k = np.round(nut_yaw / (np.pi / 2))
-        k = np.where(k == 0, np.where(nut_yaw >= 0, 1.0, -1.0), k)
-        return wrap(nut_yaw - k * np.pi / 2, 2 * np.pi)
+    def _choose_k(nut_yaw: np.ndarray, grip_yaw: np.ndarray) -> np.ndarray:
+        """Which multiple of 90 deg to square the nut to: never 0 (handle beyond the peg is out of the Panda's
+        reach), and the one needing the least wrist rotation from the start pose (joint 7 stops near 166 deg)."""
+        offset = wrap(grip_yaw - nut_yaw, 2 * np.pi)
+        ks = np.array([1.0, 2.0, -1.0])
+        need = np.abs(wrap(ks[None] * np.pi / 2 + offset[:, None], 2 * np.pi))  # gripper yaw it takes
+        turn = np.abs(wrap(ks[None] * np.pi / 2 - nut_yaw[:, None], 2 * np.pi))
+        return ks[np.argmin(need + 0.1 * turn, axis=1)]
 
     def _waypoints(self, obs, eef):
         nut = obs[:, 7:10]
@@ -309,17 +319,20 @@ class SquareExpert(ScriptedExpert):
         grip[m] = CLOSE
         self._advance(m & (self.timer >= 10 + self.pause))
         self._regrasp_if_missed(obs, p >= 4)
-        # 4: lift and square the nut up (turn the wrist by the nut's offset from a multiple of 90 degrees)
+        # 4: lift and square the nut up: turn the wrist until the nut's yaw is the latched multiple of 90 deg
+        fresh = (p >= 4) & np.isnan(self.k_target)
+        self.k_target[fresh] = self._choose_k(nut_yaw, cur_yaw)[fresh]
+        self.k_target[p < 4] = np.nan
+        square_err = wrap(nut_yaw - np.nan_to_num(self.k_target) * np.pi / 2, 2 * np.pi)
+        held = (p >= 4) & (p <= 6)
+        self.yaw_goal[held] = (cur_yaw - square_err)[held]
         m = p == 4
-        square_err = self._square_error(nut_yaw)
-        self.yaw_goal[m] -= 0.3 * square_err[m]  # integrate: drive the nut's yaw to a multiple of 90 deg
         lift = np.stack([eef[:, 0], eef[:, 1], np.full(self.n, self.CARRY_Z)], 1)
         target[m] = lift[m]
         grip[m] = CLOSE
         self._advance(m & (eef[:, 2] > self.CARRY_Z - 0.03) & (np.abs(square_err) < 0.04))
         # 5: carry the nut's centre over the peg (closed loop on the observed nut position)
         m = p == 5
-        self.yaw_goal[m] -= 0.3 * square_err[m]
         carry = eef + np.concatenate([peg[:, :2] - nut[:, :2], np.zeros((self.n, 1))], 1)
         carry[:, 2] = self.CARRY_Z
         target[m] = carry[m]
@@ -327,7 +340,6 @@ class SquareExpert(ScriptedExpert):
         self._advance(m & (np.linalg.norm(peg[:, :2] - nut[:, :2], axis=1) < 0.004))
         # 6: lower the nut onto the peg, keeping it centred
         m = p == 6
-        self.yaw_goal[m] -= 0.3 * square_err[m]
         low = carry.copy()
         low[:, 2] = eef[:, 2] - 0.04
         target[m] = low[m]
@@ -368,7 +380,8 @@ def collect_demos(
 ) -> list[Episode]:
     """Run the scripted expert of ``task`` on a vector env until ``n`` episodes are kept.
 
-    Kept are successful episodes only (like robomimic's human datasets) unless ``keep_failures``. Episodes
+    Kept are successful episodes only (like robomimic's human datasets); with ``keep_failures`` exactly the
+    episodes seeded ``seed .. seed + n - 1``, successful or not (a success-rate estimate). Episodes
     come back sorted by their episode seed, with states (and the MJCF when ``store_model``) so that they
     can be replayed; rewards are robomimic's sparse 0/1 and dones follow robomimic's done_mode=2. The result
     is a pure function of (task, n, seed, noise, num_workers). EnvError if the expert cannot reach ``n``
@@ -405,7 +418,9 @@ def collect_demos(
                 buf[i] = []
                 expert.reset(i, res.obs[i])
                 ok = bool(res.success[i])
-                if ok or keep_failures:
+                ep_seed = int(res.episode_seeds[i])
+                # keep_failures: exactly the episodes seeded seed .. seed + n - 1 (an unbiased success estimate)
+                if (keep_failures and ep_seed < seed + n) or (ok and not keep_failures):
                     dones = sc.astype(np.uint8)
                     dones[-1] = 1
                     kept.append(
@@ -418,7 +433,7 @@ def collect_demos(
                             next_obs=no.astype(np.float32),
                             states=st.astype(np.float64),
                             model_file=model,
-                            seed=int(res.episode_seeds[i]),
+                            seed=ep_seed,
                         )
                     )
                     if progress is not None:

@@ -221,6 +221,11 @@ class RobosuiteEnv:
 
     ``info["success"]`` is the task's ``_check_success()`` after the step. With ``render=True`` the env keeps
     an offscreen renderer and ``render()`` returns an ``[S, S, 3]`` uint8 frame of ``camera``.
+
+    Seeds: ``seed`` is used by the first ``reset()`` without an explicit seed; ``reset(seed)`` makes the
+    episode's initial state a pure function of (task, model_seed, seed). ``model_seed`` fixes what robosuite
+    randomizes once per model (e.g. Lift's cube size); it is shared by all envs so that which worker runs
+    an episode never matters.
     """
 
     def __init__(
@@ -228,6 +233,7 @@ class RobosuiteEnv:
         task: str,
         *,
         seed: int | None = None,
+        model_seed: int = 0,
         horizon: int | None = None,
         reward_mode: RewardMode = "ogpo",
         success_bonus: float = SUCCESS_BONUS,
@@ -250,7 +256,9 @@ class RobosuiteEnv:
         self.render_size = int(render_size)
         self.camera = camera or self.spec.camera
         self.seed = seed
-        self._env = make_raw_env(self.spec, seed=seed, render=render, reward_shaping=reward_shaping)
+        self.model_seed = int(model_seed)
+        self._first_reset = True
+        self._env = make_raw_env(self.spec, seed=self.model_seed, render=render, reward_shaping=reward_shaping)
         self._t = 0
         self._done = True
 
@@ -265,14 +273,17 @@ class RobosuiteEnv:
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start an episode; with a seed the initial state is a pure function of (task, seed)."""
+        if seed is None and self._first_reset and self.seed is not None:
+            seed = self.seed
+        self._first_reset = False
         if seed is not None:
             self.seed = int(seed)
             # re-seed in place: placement samplers and robots hold references to this very generator
             self._env.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
-        obs = self._env.reset()
+        self._env.reset()
         self._t = 0
         self._done = False
-        return flatten_obs(self.spec, obs)
+        return self.observe()
 
     def _check_action(self, action: np.ndarray) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64)
@@ -303,7 +314,15 @@ class RobosuiteEnv:
         return bool(self._env._check_success())
 
     def observe(self) -> np.ndarray:
-        """The current flat observation, recomputed from the simulator state."""
+        """The current flat observation, recomputed from the simulator state.
+
+        Two forced updates: robosuite computes relative features (object-to-eef pose) from its observation
+        cache *before* refreshing the object pose in the same pass, so one update after a jump in state
+        (reset, set_state) leaves them stale or zero. ``sim.forward()`` first, so positions match the state
+        (after ``mj_step`` they lag it by one physics substep, which is what ``step()`` reports).
+        """
+        self._env.sim.forward()
+        self._env._get_observations(force_update=True)
         return flatten_obs(self.spec, self._env._get_observations(force_update=True))
 
     def get_state(self) -> np.ndarray:
