@@ -94,7 +94,14 @@ def train_bc(
         if step % cfg.log_every == 0:
             rate = step / (time.perf_counter() - t0)
             eta = (cfg.max_steps - step) / max(rate, 1e-9)
-            log.info("BC step %d/%d  loss %.4f  %.0f steps/s  ETA %.0fs", step, cfg.max_steps, float(loss.detach()), rate, eta)
+            log.info(
+                "BC step %d/%d  loss %.4f  %.0f steps/s  ETA %.0fs",
+                step,
+                cfg.max_steps,
+                float(loss.detach()),
+                rate,
+                eta,
+            )
         if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             last_success = float(evaluate(step))
             row = {"step": step, "success": last_success, "loss": float(loss_sum / max(n_sum, 1))}
