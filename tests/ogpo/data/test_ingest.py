@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import time
 
 import h5py
 import numpy as np
@@ -106,6 +108,42 @@ def test_ingest_scripted_lift(tmp_path):
     assert ds.env_args["ogpo"]["noise"] == 0.1 and s["masks"] == {"train": 2, "valid": 1}
 
 
+def _listen_addresses(port: int) -> set[str]:
+    """IPv4 addresses listening on ``port`` (from /proc/net/tcp; state 0A = LISTEN)."""
+    out = set()
+    with open("/proc/net/tcp") as f:
+        lines = f.read().splitlines()[1:]
+    for line in lines:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if state == "0A" and int(p, 16) == port:
+            out.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return out
+
+
+def _wait_exit(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_s3_uri_and_credential_errors(monkeypatch):
+    from ogpo.data import s3
+
+    assert s3.parse_s3_uri("s3://b/k/x.hdf5") == s3.S3Uri("b", "k/x.hdf5")
+    for bad in ("http://b/k", "s3://", "s3://b", "s3://b/dir/"):
+        with pytest.raises(StorageError, match="s3://"):
+            s3.parse_s3_uri(bad)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    with pytest.raises(StorageError, match="credentials missing") as err:
+        s3.make_client("http://127.0.0.1:9")
+    assert "s3cr3t-value" not in str(err.value)
+
+
 @pytest.mark.slow
 def test_ingest_from_s3_seaweedfs(tmp_path, monkeypatch):
     from ogpo.data import s3
@@ -130,6 +168,8 @@ def test_ingest_from_s3_seaweedfs(tmp_path, monkeypatch):
         with pytest.raises(StorageError, match="no such object"):
             ingest("s3://demos/lift/missing.hdf5", tmp_path / "missing.hdf5", "lift")
         port = info.s3_port
+        assert _listen_addresses(port) == {"127.0.0.1"}  # never on all interfaces
+    assert _wait_exit(info.pid), "weed mini still running after the context manager exited"
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # server stopped: unreachable
     monkeypatch.setenv("OGPO_S3_ENDPOINT", f"http://127.0.0.1:{port}")
     with pytest.raises(StorageError, match="unreachable") as err:
