@@ -54,7 +54,13 @@ class Proc:
     log: str
 
     def alive(self) -> bool:
-        return _start_ticks(self.pid) == self.start_ticks
+        if _start_ticks(self.pid) != self.start_ticks:
+            return False
+        if _state(self.pid) == "Z":  # exited; our own child until reaped (when serve ran in-process)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            return False
+        return True
 
 
 @dataclass
@@ -101,6 +107,13 @@ def _start_ticks(pid: int) -> int:
     except OSError:
         return -1
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
 
 
 def write_private(path: Path, text: str) -> None:
@@ -506,8 +519,10 @@ def stop(home: Path | None = None, quiet: bool = False, timeout: float = 30) -> 
             lines.append(f"{proc.name}: not running")
             continue
         sig = signal.SIGINT if proc.name.startswith("worker") else signal.SIGTERM
+        t0 = time.monotonic()
         clean = stop_proc(proc, sig, timeout)
-        lines.append(f"{proc.name}: stopped" + ("" if clean else " (killed after timeout)"))
+        took = time.monotonic() - t0
+        lines.append(f"{proc.name}: stopped in {took:.1f} s" + ("" if clean else " (killed after timeout)"))
     stack.procs = {}
     _save(stack)
     return lines

@@ -26,4 +26,5 @@ def stack_ctx(tmp_path_factory):
     try:
         yield Ctx(stack=stack, env=serve.read_env_file(stack.env_file), origin=origin, fake=fake)
     finally:
-        serve.stop(home)
+        for line in serve.stop(home):
+            print(line)
