@@ -127,19 +127,20 @@ def test_nightly_schedule_visible_via_api(stack_ctx):
 
 def test_bad_parameters_rejected_before_a_worker_starts(stack_ctx):
     """The server validates against the flow's schema: no flow run is created, so no worker starts."""
-    from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.exceptions import PrefectHTTPStatusError
 
     with stack_ctx.client() as c:
-        before = c.count_flow_runs(flow_run_filter=FlowRunFilter())
         dep = c.read_deployment_by_name("ogpo/full-pipeline")
+        only = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+        before = c.count_flow_runs(deployment_filter=only)
         for bad in ({"rev": "--upload-pack=x"}, {"alpha": 2}, {"targets": ["a b"]}, {"mode": "all"}):
             with pytest.raises(PrefectHTTPStatusError, match="Validation failed"):
                 c.create_flow_run_from_deployment(dep.id, parameters=bad)
     rc, out, run_id = deployment_run(stack_ctx, "ogpo/full-pipeline", {"profile": "huge"}, watch=False, timeout=60)
     assert rc != 0 and run_id is None and "huge" in out, out
     with stack_ctx.client() as c:
-        assert c.count_flow_runs(flow_run_filter=FlowRunFilter()) == before
+        assert c.count_flow_runs(deployment_filter=only) == before
 
 
 def test_fake_pipeline_runs_then_reruns_nothing(stack_ctx):
