@@ -113,22 +113,27 @@ def main() -> None:
     t0 = time.perf_counter()
     venv = make_vector_env(args.task, args.workers, args.seed)
     startup = time.perf_counter() - t0
+    venv1 = make_vector_env(args.task, 1, args.seed)
     net = policy(spec.obs_dim, spec.act_dim)
     vector_rate(venv, net, 100, args.seed)  # warm-up (first steps JIT-compile robosuite's numba kernels)
+    vector_rate(venv1, net, 50, args.seed)
     raw_rate(args.task, 50, args.seed)
-    raws, raw_cpus, wraps, vecs, shares, vec_cpus = [], [], [], [], [], []
+    raws, raw_cpus, wraps, vecs, shares, vec_cpus, ones = [], [], [], [], [], [], []
     try:
         for r in range(args.rounds):
             rate, cpu = raw_rate(args.task, args.steps, args.seed + r)
             raws.append(rate)
             raw_cpus.append(cpu)
             wraps.append(wrapped_rate(args.task, args.steps, args.seed + r))
+            ones.append(vector_rate(venv1, net, args.steps // 2, args.seed + r)[0])
             v, share, cpu = vector_rate(venv, net, args.steps, args.seed + r)
             vecs.append(v)
             shares.append(share)
             vec_cpus.append(cpu)
     finally:
         venv.close()
+        venv1.close()
+    one = statistics.median(ones)
     raw, wrapped, vec = (statistics.median(x) for x in (raws, wraps, vecs))
     raw_cpu, vec_cpu = statistics.median(raw_cpus), statistics.median(vec_cpus)
     ratio = vec / (args.workers * raw)
@@ -138,11 +143,14 @@ def main() -> None:
     print(f"{'configuration':<44}{'steps/s':>10}{'per env':>10}")
     print(f"{'raw robosuite env (1 process)':<44}{raw:>10.1f}{raw:>10.1f}")
     print(f"{'RobosuiteEnv wrapper (1 process)':<44}{wrapped:>10.1f}{wrapped:>10.1f}")
+    print(f"{'vector env, 1 worker + MLP policy':<44}{one:>10.1f}{one:>10.1f}")
     label = f"vector env, {args.workers} workers + MLP policy"
     print(f"{label:<44}{vec:>10.1f}{vec / args.workers:>10.1f}")
     print(f"\nvector start-up {startup:.1f} s; policy share of vector wall time {100 * statistics.median(shares):.1f}%")
     print(f"ratio vector / (workers x raw) = {vec:.1f} / ({args.workers} x {raw:.1f}) = {ratio:.2f} (target >= 0.8)")
-    print(f"wrapper overhead: wrapped / raw = {wrapped / raw:.2f}")
+    print(
+        f"wrapper overhead: wrapped / raw = {wrapped / raw:.2f}; IPC overhead: 1-worker vector / raw = {one / raw:.2f}"
+    )
     print(
         f"CPU per env step: raw {1e3 * raw_cpu:.2f} ms, vector (workers + caller) {1e3 * vec_cpu:.2f} ms -> "
         f"CPU efficiency {raw_cpu / vec_cpu:.2f} (the ratio an otherwise idle machine with >= workers + 1 cores "

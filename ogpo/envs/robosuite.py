@@ -60,7 +60,7 @@ class TaskSpec:
     act_dim: int
     horizon: int
     camera: str = "agentview"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def obs_dim(self) -> int:

@@ -200,26 +200,43 @@ class RobosuiteVectorEnv:
     def _where(self, i: int) -> str:
         return f"task {self.task!r} env {i} (episode seed {int(self.episode_seeds[i])})"
 
+    def _died(self, i: int, what: str) -> None:
+        proc = self._procs[i]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=1.0)
+        code = proc.poll()
+        self.close()
+        raise EnvError(f"{self._where(i)}: worker process {proc.pid} died during {what} (exit code {code})") from None
+
     def _recv(self, i: int, what: str):
-        conn, proc = self._conns[i], self._procs[i]
+        conn = self._conns[i]
         try:
             if not conn.poll(REPLY_TIMEOUT_S):
                 self.close()
                 raise EnvError(f"{self._where(i)}: worker gave no reply to {what} within {REPLY_TIMEOUT_S:.0f} s")
             status, payload = conn.recv()
         except (EOFError, OSError, ConnectionError):
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=1.0)
-            code = proc.poll()
-            self.close()
-            raise EnvError(
-                f"{self._where(i)}: worker process {proc.pid} died during {what} (exit code {code})"
-            ) from None
+            self._died(i, what)
         if status == "error":
             etype, msg, tb = payload
             self.close()
             raise EnvError(f"{self._where(i)}: {etype} in worker during {what}: {msg}\nworker traceback:\n{tb}")
         return payload
+
+    def _roundtrip(self, messages: list, what: str) -> list:
+        """Send one message to every worker, then collect every reply. Anything that interrupts this
+        (a worker error, Ctrl-C in the caller) closes the env: replies still in flight would otherwise
+        be read as the answers to the next request."""
+        try:
+            for i, msg in enumerate(messages):
+                try:
+                    self._conns[i].send(msg)
+                except OSError:  # the worker's end is closed: it died
+                    self._died(i, what)
+            return [self._recv(i, what) for i in range(self.num_envs)]
+        except BaseException:
+            self.close()
+            raise
 
     def _check_open(self) -> None:
         if self._closed:
@@ -231,9 +248,7 @@ class RobosuiteVectorEnv:
         self._check_open()
         self.seed = int(seed)
         self.episode_seeds = self.seed + np.arange(self.num_envs, dtype=np.int64)
-        for i, c in enumerate(self._conns):
-            c.send(("reset", int(self.episode_seeds[i])))
-        out = [self._recv(i, "reset") for i in range(self.num_envs)]
+        out = self._roundtrip([("reset", int(s)) for s in self.episode_seeds], "reset")
         self.last_states = np.stack([o[1] for o in out]) if self.record_states else None
         return np.stack([o[0] for o in out]).astype(np.float32, copy=False)
 
@@ -247,9 +262,7 @@ class RobosuiteVectorEnv:
                 f"got {list(actions.shape)}"
             )
         N = self.num_envs
-        for i, c in enumerate(self._conns):
-            c.send(("step", (actions[i], int(self.episode_seeds[i] + N))))
-        out = [self._recv(i, "step") for i in range(N)]
+        out = self._roundtrip([("step", (actions[i], int(self.episode_seeds[i] + N))) for i in range(N)], "step")
         terminated = np.array([o[2] for o in out], dtype=bool)
         truncated = np.array([o[3] for o in out], dtype=bool)
         seeds = self.episode_seeds.copy()
@@ -273,9 +286,7 @@ class RobosuiteVectorEnv:
     def call(self, name: str, *args: Any, **kwargs: Any) -> list:
         """Call a RobosuiteEnv method in every worker (e.g. ``scene_info``, ``get_state``); list of results."""
         self._check_open()
-        for c in self._conns:
-            c.send(("call", (name, args, kwargs)))
-        return [self._recv(i, f"call {name}") for i in range(self.num_envs)]
+        return self._roundtrip([("call", (name, args, kwargs))] * self.num_envs, f"call {name}")
 
     @property
     def pids(self) -> list[int]:

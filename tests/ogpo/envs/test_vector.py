@@ -88,6 +88,7 @@ def test_worker_exception_and_worker_crash_give_clear_errors_and_no_orphans():
     pids = env.pids
     env.reset(0)
     os.kill(pids[0], signal.SIGKILL)  # a hard crash (segfault, OOM killer)
+    assert _wait_gone([pids[0]])  # dead before the next request: the send itself fails
     with pytest.raises(EnvError, match=r"env 0 \(episode seed 0\): worker process \d+ died during step"):
         env.step(np.zeros((2, 7), np.float32))
     assert _wait_gone(pids), "workers survived a crashed sibling"
