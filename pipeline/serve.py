@@ -40,6 +40,21 @@ DEFAULT_BUCKET = "ogpo"
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat period
 ZOMBIE_AFTER_S = 90  # no heartbeat for this long: the run's worker is gone
 ZOMBIE_AUTOMATION = "ogpo: requeue flow runs whose worker died"
+# State names whose event ends a run's heartbeat window (the run left Running on its own).
+_NOT_RUNNING = (
+    "Completed",
+    "Failed",
+    "Cancelled",
+    "Cancelling",
+    "Crashed",
+    "TimedOut",
+    "Scheduled",
+    "AwaitingRetry",
+    "Pending",
+    "Paused",
+    "Suspended",
+    "Late",
+)
 
 
 class StackError(OGPOError):
@@ -329,16 +344,9 @@ def ensure_zombie_automation(api_url: str) -> None:
             description="Requeue flow runs of ogpo deployments that stopped sending heartbeats.",
             trigger=EventTrigger(
                 match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={"prefect.resource.id": "prefect.tag.ogpo"},  # runs of the ogpo deployments
                 after={"prefect.flow-run.heartbeat"},
-                expect={
-                    "prefect.flow-run.heartbeat",
-                    "prefect.flow-run.Completed",
-                    "prefect.flow-run.Failed",
-                    "prefect.flow-run.Cancelled",
-                    "prefect.flow-run.Crashed",
-                    "prefect.flow-run.Scheduled",
-                    "prefect.flow-run.Pending",
-                },
+                expect={"prefect.flow-run.heartbeat"} | {f"prefect.flow-run.{s}" for s in _NOT_RUNNING},
                 for_each={"prefect.resource.id"},
                 posture=Posture.Proactive,
                 threshold=1,
