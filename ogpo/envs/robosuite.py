@@ -17,11 +17,15 @@ Conventions (spec section 5):
   ``reward_shaping=True``) and still reports success in ``info``.
 - Horizons (max primitive steps): Square 400, Transport 800, Tool Hang 1000 (spec 5). Can 400 as in robomimic's
   rollouts. Lift 200: robomimic uses 400 for Lift, but its proficient demos finish in about 50 steps and the
-  scripted expert here in about 60, so 200 leaves ample slack while halving the cost of a failed evaluation
+  scripted expert here in about 30, so 200 leaves ample slack while halving the cost of a failed evaluation
   episode on a 2-core CPU (the main Lift consumer). Override with ``horizon=``.
 - Resets are soft (``hard_reset=False``: 1-4 ms instead of about 200 ms) and each reset can be seeded: the
   robosuite env's random generator (shared by its placement samplers and robot init noise) is re-seeded in
-  place, so ``reset(seed)`` gives the same initial state every time.
+  place, so ``reset(seed)`` gives the same initial state every time. What robosuite randomizes once per
+  model (Lift's cube size) is fixed by ``model_seed`` (default 0, shared by all workers).
+- Observations after a state jump (``reset``, ``set_state``) are recomputed from a consistent simulator
+  state (``observe()``); ``step()`` returns robosuite's own post-step observation, whose positions lag the
+  state by one physics substep (differences below 2e-3), exactly as robomimic-era datasets were recorded.
 
 Adding a task is one ``register_task(TaskSpec(...))`` entry.
 """
