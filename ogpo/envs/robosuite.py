@@ -25,7 +25,7 @@ Conventions (spec section 5):
   model (Lift's cube size) is fixed by ``model_seed`` (default 0, shared by all workers).
 - Observations after a state jump (``reset``, ``set_state``) are recomputed from a consistent simulator
   state (``observe()``); ``step()`` returns robosuite's own post-step observation, whose positions lag the
-  state by one physics substep (differences below 2e-3), exactly as robomimic-era datasets were recorded.
+  state by one physics substep (differences below 2e-3); that is what a policy sees online.
 
 Adding a task is one ``register_task(TaskSpec(...))`` entry.
 """
