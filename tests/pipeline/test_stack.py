@@ -88,6 +88,13 @@ def test_tiny_profile_full_pipeline_and_pull(stack_ctx):
     assert any(k.startswith("dvc/files/md5/") for k in keys) and any(k.startswith("dvc/runs/") for k in keys)
     out_dir = _pull_and_compare(ctx, ctx.origin, "results/tiny")
     assert (out_dir / "weights.safetensors").stat().st_size > 0
+    # the library-level load at a revision: pull (cached per commit), verify, build the GCP; no unpickling
+    code = "from pipeline.pull import load_policy; print(type(load_policy(rev='results/tiny')).__name__)"
+    env = {**ctx.run_env(), "OGPO_CACHE_DIR": str(ctx.stack.home / "cache")}
+    env.pop("OGPO_GIT_URL")
+    res = subprocess.run([str(BIN / "python"), "-c", code], cwd=out_dir.parents[3], env=env, capture_output=True,
+                         text=True)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip(), res.stderr[-2000:]
 
     t0 = time.monotonic()
     rc, out, run_id = deployment_run(ctx, "ogpo/full-pipeline", {"profile": "tiny"}, timeout=600)
