@@ -36,11 +36,12 @@ class Setting:
     critic_hidden: list[int]
     best_of_n: int = 8
     num_envs: int = 16
+    ppo_batch: int | None = None  # states per actor step (default: batch)
 
 
 SETTINGS = {
     "square": Setting("Square paper", 23, 7, 4, 10, 32, 256, 10, [512] * 4, [512] * 4),
-    "cpu": Setting("CPU profile (Lift)", 19, 7, 4, 10, 16, 128, 10, [256] * 3, [256] * 3, num_envs=2),
+    "cpu": Setting("CPU profile (Lift)", 19, 7, 4, 5, 8, 128, 10, [256] * 2, [256] * 2, num_envs=2, ppo_batch=64),
 }
 
 
@@ -70,7 +71,7 @@ def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
     agent = OGPOAgent(
         actor.to(device),
         CriticConfig(obs_dim=s.obs_dim, chunk_dim=s.H * s.act_dim, M=s.M, hidden=s.critic_hidden),
-        OGPOConfig(G=s.G, ppo_batch_size=s.batch, batch_size=s.batch, best_of_n=s.best_of_n),
+        OGPOConfig(G=s.G, ppo_batch_size=s.ppo_batch or s.batch, batch_size=s.batch, best_of_n=s.best_of_n),
     )
     b, sb = batch(s, device, g), batch(s, device, g)
     agent.update(b, sb)  # warm-up

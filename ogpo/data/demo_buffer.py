@@ -11,6 +11,7 @@ import torch
 
 from ogpo.data.demos import Dataset, read_robomimic
 from ogpo.data.replay import ReplayBuffer
+from ogpo.envs.robosuite import ogpo_reward
 
 ACTION_CLIP = 1.0 - 1e-5  # demo actions are clipped to +-(1 - 1e-5) (spec 5)
 
@@ -21,7 +22,9 @@ def dataset_to_buffer(ds: Dataset, device: str | torch.device = "cpu") -> Replay
     for e in ds.episodes:
         next_obs = e.next_obs if e.next_obs is not None else np.concatenate([e.obs[1:], e.obs[-1:]], 0)
         actions = np.clip(e.actions, -ACTION_CLIP, ACTION_CLIP)
-        buf.add_episode(e.obs, actions, e.rewards, next_obs, terminated=bool(e.success), success=bool(e.success))
+        # datasets hold robomimic's 0/1 reward; training uses the OGPO convention (spec 5: -1 per step, +5)
+        rewards = np.asarray(ogpo_reward(np.asarray(e.rewards) > 0.5), dtype=np.float32)
+        buf.add_episode(e.obs, actions, rewards, next_obs, terminated=bool(e.success), success=bool(e.success))
     return buf
 
 
