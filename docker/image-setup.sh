@@ -2,7 +2,8 @@
 # Steps of docker/Dockerfile, kept in one script so that each RUN line stays short and the logic is testable.
 #
 #   image-setup.sh os builder|runtime BASE_IMAGE   system packages (+ Python 3.11 when the base lacks it)
-#   image-setup.sh deps                            /opt/venv with torch (TORCH_FLAVOR) + pinned dependencies
+#   image-setup.sh deps                            /opt/venv: torch (TORCH_FLAVOR) + pinned dependencies, every
+#                                                  transitive one held to docker/constraints.txt
 #   image-setup.sh wheel SRC                       build the ogpo wheel into /tmp/dist (builder)
 #   image-setup.sh project DIST                    install that wheel into /opt/venv (runtime; no resolution)
 #   image-setup.sh user                            the non-root user that runs the worker
@@ -104,6 +105,7 @@ deps_step() {
 	*) die "TORCH_FLAVOR must be cpu or cuda, got '${flavor}'" ;;
 	esac
 	[ -f /tmp/ogpo/pyproject.toml ] || die "deps step: /tmp/ogpo/pyproject.toml is missing"
+	[ -f /tmp/ogpo/constraints.txt ] || die "deps step: /tmp/ogpo/constraints.txt is missing"
 	py=$(find_python) || die "deps step: no python3.11"
 	pip_env
 	"$py" -m venv /opt/venv
@@ -119,7 +121,7 @@ EOF
 	[ -n "${TORCH_INDEX_URL:-}" ] && index_args="--index-url ${TORCH_INDEX_URL}"
 	say "installing $torch_req (flavor $flavor) from ${TORCH_INDEX_URL:-the default index}"
 	# shellcheck disable=SC2086
-	/opt/venv/bin/pip install $FIND_LINKS $index_args "$torch_req"
+	/opt/venv/bin/pip install $FIND_LINKS $index_args -c /tmp/ogpo/constraints.txt "$torch_req"
 	/opt/venv/bin/python - "$flavor" <<'EOF' || exit 1
 import sys
 import torch
@@ -134,7 +136,7 @@ if flavor == "cuda" and cuda is None:
 print(f"ogpo-image: torch {torch.__version__} (CUDA {cuda})")
 EOF
 	# shellcheck disable=SC2086
-	/opt/venv/bin/pip install $FIND_LINKS -r /tmp/ogpo/requirements.txt
+	/opt/venv/bin/pip install $FIND_LINKS -c /tmp/ogpo/constraints.txt -r /tmp/ogpo/requirements.txt
 	/opt/venv/bin/pip check
 	# Test suites that ship inside wheels (pandas, scipy, torch, ...: ~150 MB) are never imported by a worker.
 	site=$(/opt/venv/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")

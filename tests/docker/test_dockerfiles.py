@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
-DOCKERFILES = [DOCKER / "Dockerfile", ROOT / "tests" / "docker" / "Containerfile.test"]
+DOCKERFILES = [DOCKER / "Dockerfile"]
 ENTRYPOINT = DOCKER / "entrypoint.sh"
 BIN = Path(sys.executable).parent
 # The build arguments that make the GPU variant; everything else must be shared with the CPU build.
@@ -298,3 +298,30 @@ def test_image_setup_rejects_an_empty_base_and_a_bad_torch_flavor() -> None:
         env={"PATH": "/usr/bin:/bin", "TORCH_FLAVOR": "rocm"},
     )
     assert res.returncode == 1 and "TORCH_FLAVOR must be cpu or cuda" in res.stderr
+
+
+# --------------------------------------------------------------------------------------------- constraints
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_constraints_agree_with_pyproject_pins() -> None:
+    """docker/constraints.txt (every package of the image) must hold each direct pin of pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins: dict[str, str] = {}
+    for req in project["dependencies"]:
+        m = re.match(r"^([A-Za-z0-9_.\-]+)(\[[^\]]*\])?==([^;\s]+)", req)
+        assert m, f"pyproject.toml dependency {req!r} is not pinned with =="
+        pins[_canon(m.group(1))] = m.group(3)
+    constraints = {}
+    for line in (DOCKER / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version and "+" not in version, f"docker/constraints.txt: bad line {line!r}"
+            constraints[_canon(name)] = version
+    stale = {n: (v, constraints.get(n)) for n, v in pins.items() if constraints.get(n) != v}
+    assert not stale, (
+        f"docker/constraints.txt disagrees with pyproject.toml {stale}: run docker/build.sh --write-constraints"
+    )

@@ -1,5 +1,9 @@
 """Build the CPU worker image from docker/Dockerfile with buildah and exercise it with podman (no Docker engine).
 
+Inside the image: ``ogpo --help``, the entrypoint's refusal, runtime facts (non-root, CPU torch, OSMesa
+rendering, no build secrets) and the stage tests (tests/stages, including the tiny-profile ``dvc repro``) run
+against this checkout mounted read-only.
+
 The base is a Debian bookworm made here by debootstrap (container registries are unreachable), imported as
 ``localhost/ogpo-base:bookworm``; the rootfs tarball is cached under ``~/.cache/ogpo-docker`` (override with
 OGPO_DOCKER_CACHE) and buildah's layer cache and pip cache mount make a rebuild after a code change cost
@@ -29,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("OGPO_DOCKER_CACHE") or Path.home() / ".cache" / "ogpo-docker")
 BASE_TAG = "localhost/ogpo-base:bookworm"
 IMAGE_TAG = "localhost/ogpo-worker:ci"
-TEST_TAG = "localhost/ogpo-worker-tests:ci"
 # crun (podman's default) fails on setrlimit here; runc with explicit ulimits works. No network: the checks
 # below and the stage tests need none, and a worker image must not depend on the build network.
 PODMAN_RUN = [
@@ -137,19 +140,11 @@ def worker_image() -> Iterator[str]:
     size = int(_check(["podman", "image", "inspect", "--format", "{{.Size}}", IMAGE_TAG], 60, "inspect").stdout)
     TIMINGS["image_bytes"] = size
 
-    start = time.monotonic()
-    _check(
-        ["buildah", "bud", "--isolation", "chroot", "--layers", "--file", str(ROOT / "tests/docker/Containerfile.test"),
-         "--build-arg", f"WORKER_IMAGE={IMAGE_TAG}", "--tag", TEST_TAG, str(ROOT)],
-        600,
-        "test image build",
-    )  # fmt: skip
-    TIMINGS["test_image_build_s"] = round(time.monotonic() - start, 1)
     yield IMAGE_TAG
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / "last-build.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
-    # Untagged layers of earlier builds would fill the disk of a machine that runs CI often.
-    _run(["podman", "image", "prune", "--force"], 300)
+    # Untagged images are kept on purpose: they are buildah's layer cache (the 2.7 GB venv layer is rebuilt
+    # only when pyproject.toml or docker/constraints.txt change). `podman image prune` frees them.
 
 
 def test_image_is_lean_non_root_and_holds_no_credentials(worker_image: str) -> None:
@@ -205,13 +200,30 @@ def test_headless_rendering_and_runtime_facts(worker_image: str) -> None:
     assert "probe ok osmesa 2.13.0" in res.stdout
 
 
+# The stage tests, with this checkout mounted read-only: the fast ones and the tiny-profile pipeline's full
+# `dvc repro` (its re-run and kill/resume tests check DVC semantics, not the image, and run on the host).
+STAGE_TESTS = [
+    "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/stages",
+    "-k", "not test_second_repro and not test_finetune_killed",
+]  # fmt: skip
+CHECKOUT_ENV = {
+    "PYTHONDONTWRITEBYTECODE": "1",  # the mount is read-only
+    # The checkout belongs to another uid than the image's user: let git read it.
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": "*",
+}
+
+
 def test_stage_tests_pass_inside_the_image(worker_image: str) -> None:
     start = time.monotonic()
     res = _run(
-        [*PODMAN_RUN, *_env_args(S3_ENV), TEST_TAG,
-         "python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/stages", "-m", "not slow"],
-        900,
+        [*PODMAN_RUN, *_env_args(S3_ENV | CHECKOUT_ENV), "--volume", f"{ROOT}:/src:ro", "--workdir", "/src",
+         worker_image, *STAGE_TESTS],
+        1200,
     )  # fmt: skip
     TIMINGS["stage_tests_in_image_s"] = round(time.monotonic() - start, 1)
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
-    assert re.search(r"\d+ passed", res.stdout), res.stdout[-2000:]
+    summary = res.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary) and "failed" not in summary, summary
+    assert "2 deselected" in summary, f"the tiny-profile pipeline tests were not collected: {summary}"
