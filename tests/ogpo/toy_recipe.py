@@ -77,7 +77,7 @@ def run(
         CriticConfig(obs_dim=2, chunk_dim=H * 2, M=10, hidden=[64, 64]),
         OGPOConfig(**dict(
             variant="ogpo+ca", G=16, ppo_batch_size=64, batch_size=128, gamma=0.95, eps=0.01,
-            actor_lr=3e-4, actor_lr_floor=3e-5, lr_warmup=200, lr_period=5000, critic_lr=3e-4,
+            actor_lr=3e-4, actor_lr_floor=3e-5, lr_warmup=200, lr_period=4000, critic_lr=3e-4,
             tau_actor=0.05, tau_critic=0.05, best_of_n=8, success_buffer_td=True,
         ) | overrides),
         target_actor=target,
