@@ -90,6 +90,9 @@ def _deploy(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     from pipeline.pull import pull
 
+    # DVC's API logs its internal errors (with tracebacks) before raising; we print one line instead.
+    for name in ("dvc", "dvc_data", "dvc_objects", "s3fs", "aiobotocore", "botocore"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     out = pull(args.artifact, args.rev, out=Path(args.out) if args.out else None, repo=args.repo)
     print(out)
     return 0

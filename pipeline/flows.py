@@ -48,6 +48,25 @@ Alpha = Annotated[float, Field(gt=0.0, lt=0.5)]
 Scalar = bool | int | float | str
 
 
+_ENV_FILE_KEYS = ("OGPO_", "AWS_")
+
+
+def load_env_file() -> None:
+    """Read ``OGPO_ENV_FILE`` (KEY=VALUE lines) into the environment without overriding what is set.
+
+    How a container (the gpu pool) gets the object-store secrets: a read-only mounted file, not job
+    variables, which Prefect stores in its database. Only OGPO_* and AWS_* keys are taken.
+    """
+    path = os.environ.get("OGPO_ENV_FILE")
+    if not path or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        for line in f:
+            key, sep, value = line.strip().partition("=")
+            if sep and key.startswith(_ENV_FILE_KEYS) and key not in os.environ:
+                os.environ[key] = value.strip().strip("'\"")
+
+
 def _repo_url(repo_url: str | None) -> str:
     url = repo_url or os.environ.get("OGPO_GIT_URL")
     if not url:
@@ -176,6 +195,7 @@ def ogpo(
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
+    load_env_file()
     storage.settings_from_env()  # fail fast with one clear line if the object store is not configured
     url = _repo_url(repo_url)
     overrides = dict(overrides or {})

@@ -83,6 +83,31 @@ def _open_fs(repo: str, rev: str, settings: storage.S3Settings):
         raise ConfigError(f"cannot open {repo} at revision {rev!r}: {_one_line(e)}") from e
 
 
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def storage_error(e: BaseException, what: str, settings: storage.S3Settings) -> OGPOError:
+    """One clear line for a failure deep inside DVC/s3fs: credentials, bucket, or unreachable endpoint."""
+    where = settings.endpoint_url or "AWS S3"
+    for exc in _chain(e):
+        if isinstance(exc, OGPOError):
+            return exc
+        text = f"{type(exc).__name__}: {exc}"
+        if any(s in text for s in ("403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
+            hint = "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            return StorageError(f"{what}: {where} refused the credentials ({hint})")
+        if "NoSuchBucket" in text or "bucket does not exist" in text:
+            return StorageError(f"{what}: bucket {settings.bucket!r} does not exist at {where}")
+        if any(s in text for s in ("Could not connect", "Cannot connect", "Connection refused", "ConnectTimeout")):
+            return StorageError(f"{what}: object store {where} is unreachable")
+    return StorageError(f"{what}: {_one_line(e)}")
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return storage.redact(text[0] if text else type(e).__name__)[:300]
@@ -121,12 +146,18 @@ def pull(artifact: str, rev: str, out: Path | None = None, repo: str | None = No
     repo = repo or default_repo()
     settings = storage.settings_from_env()
     sha = resolve_rev(repo, rev)
+    storage.check_bucket(settings)
     fs = _open_fs(repo, sha, settings)
     try:
-        if not fs.exists(path):
+        try:
+            exists = fs.exists(path)
+            if exists:
+                files = list(fs.find(path, detail=False)) if fs.isdir(path) else [path]
+                expected = {f: (fs.info(f).get("dvc_info") or {}).get("md5") for f in files}
+        except Exception as e:  # DVC/s3fs wrap storage errors in their own types
+            raise storage_error(e, f"listing {path} at {rev!r}", settings) from None
+        if not exists:
             raise ConfigError(f"artifact {path!r} not found at revision {rev!r} ({sha[:12]}) of {repo}")
-        files = [f for f in fs.find(path, detail=False)] if fs.isdir(path) else [path]
-        expected = {f: (fs.info(f).get("dvc_info") or {}).get("md5") for f in files}
         out = Path(out) if out else Path("pulled") / sha[:12] / path
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -138,12 +169,11 @@ def pull(artifact: str, rev: str, out: Path | None = None, repo: str | None = No
                 try:
                     fs.get_file(f, str(dest))
                 except FileNotFoundError as e:
-                    msg = f"{f} at {rev!r} is not in the remote s3://{settings.bucket}: {_one_line(e)}"
-                    raise StorageError(msg) from e
-                except OGPOError:
-                    raise
+                    if "bucket" in str(e).lower():
+                        raise storage_error(e, f"downloading {f}", settings) from None
+                    raise StorageError(f"{f} at {rev!r} is not in the remote s3://{settings.bucket}") from None
                 except Exception as e:
-                    raise StorageError(f"downloading {f} from s3://{settings.bucket}: {_one_line(e)}") from e
+                    raise storage_error(e, f"downloading {f}", settings) from None
                 if expected[f] and _md5(dest) != expected[f]:
                     raise CheckpointError(f"{f}: md5 of the download does not match dvc.lock at {sha[:12]}")
             if (tmp / WEIGHTS).exists() and (tmp / CONFIG).exists():

@@ -37,6 +37,7 @@ HOST = "127.0.0.1"
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_S3_PORT = 8333
 DEFAULT_BUCKET = "ogpo"
+GPU_IMAGE = "ogpo-worker:gpu"  # docker/build.sh --variant gpu
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat period
 ZOMBIE_AFTER_S = 90  # no heartbeat for this long: the run's worker is gone
 ZOMBIE_AUTOMATION = "ogpo: requeue flow runs whose worker died"
@@ -269,7 +270,7 @@ def start_worker(stack: Stack, env: Mapping[str, str], index: int = 1, pool: str
     return _spawn(f"worker-{pool}-{index}", argv, wenv, stack.home, cwd=stack.home)
 
 
-def gpu_base_job_template(image: str = "localhost/ogpo:latest") -> dict:
+def gpu_base_job_template(image: str = GPU_IMAGE) -> dict:
     """Docker job template for the ``gpu`` pool: Prefect's docker template + a GPU device request variable."""
     import prefect
 
@@ -367,7 +368,7 @@ def ensure_zombie_automation(api_url: str) -> None:
 def deploy(stack: Stack, env: Mapping[str, str]) -> None:
     """``prefect --no-prompt deploy --all`` from the checkout (prefect.yaml), against this stack's server."""
     denv = base_env(stack.home) | dict(env)
-    denv.setdefault("OGPO_GPU_IMAGE", "localhost/ogpo:latest")
+    denv.setdefault("OGPO_GPU_IMAGE", GPU_IMAGE)
     res = subprocess.run(
         [_bin("prefect"), "--no-prompt", "deploy", "--all"],
         cwd=stack.repo,

@@ -145,7 +145,8 @@ def boto_config():
     )
 
 
-def s3_client(settings: S3Settings | None = None):
+def s3_client(settings: S3Settings | None = None, connect_timeout: float = CONNECT_TIMEOUT_S,
+              max_attempts: int = MAX_ATTEMPTS):  # fmt: skip
     """A boto3 S3 client for ``settings`` (default: from the environment) with retries and timeouts.
 
     With keys in the environment this is ``ogpo.data.s3.make_client``; with ``AWS_PROFILE`` a session on
@@ -158,13 +159,14 @@ def s3_client(settings: S3Settings | None = None):
         from ogpo.data.s3 import make_client
 
         return make_client(
-            settings.endpoint_url,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
-            max_attempts=MAX_ATTEMPTS,
-        )
+            settings.endpoint_url, connect_timeout=connect_timeout, read_timeout=READ_TIMEOUT_S,
+            max_attempts=max_attempts,
+        )  # fmt: skip
+    from botocore.config import Config
+
     session = boto3.session.Session(profile_name=settings.profile, region_name=settings.region)
-    return session.client("s3", endpoint_url=settings.endpoint_url, config=boto_config())
+    retries = Config(connect_timeout=connect_timeout, retries={"max_attempts": max_attempts, "mode": "standard"})
+    return session.client("s3", endpoint_url=settings.endpoint_url, config=boto_config().merge(retries))
 
 
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
@@ -201,3 +203,29 @@ def guarded(what: str, fn, *args, **kwargs):
         if status >= 500 or code in ("SlowDown", "InternalError", "ServiceUnavailable"):
             raise TransientError(f"{what}: object store error {code or status}, will retry") from None
         raise StorageError(f"{what}: object store answered {code or status}") from None
+
+
+def check_bucket(settings: S3Settings, client=None) -> None:
+    """Fail with one clear line if the bucket is unreachable, unauthorized or missing (a HEAD request)."""
+    from botocore.exceptions import ClientError
+
+    client = client or s3_client(settings, connect_timeout=3, max_attempts=2)  # a CLI answer in seconds
+    where = settings.endpoint_url or "AWS S3"
+    try:
+        guarded(f"bucket {settings.bucket!r} at {where}", client.head_bucket, Bucket=settings.bucket)
+    except TransientError:
+        raise StorageError(f"object store {where} is unreachable (bucket {settings.bucket!r})") from None
+    except StorageError as e:
+        cause = e.__context__
+        code = ""
+        if isinstance(cause, ClientError):
+            code = str(cause.response.get("Error", {}).get("Code", ""))
+        text = f"{e} {code}"
+        if "403" in text or "Forbidden" in text:
+            raise StorageError(
+                f"{where} refused the credentials for bucket {settings.bucket!r} "
+                "(check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+            ) from None
+        if "404" in text or "NoSuchBucket" in text or "NotFound" in text:
+            raise StorageError(f"bucket {settings.bucket!r} does not exist at {where} (OGPO_S3_BUCKET)") from None
+        raise

@@ -1,5 +1,7 @@
 """Typed flow parameters: bad deployment parameters are rejected by schema before any work starts."""
 
+import os
+
 import jsonschema
 import pytest
 from prefect.exceptions import ParameterTypeError
@@ -37,3 +39,17 @@ def test_good_parameters_pass():
             "overrides": {"finetune.steps": 10}}  # fmt: skip
     assert ogpo.validate_parameters(good)["profile"] == "tiny"
     jsonschema.validate(good, parameter_schema(ogpo.fn).model_dump_for_openapi())
+
+
+def test_env_file_fills_only_missing_ogpo_and_aws_keys(tmp_path, monkeypatch):
+    from pipeline.flows import load_env_file
+
+    env_file = tmp_path / "stack.env"
+    env_file.write_text("OGPO_S3_BUCKET=fromfile\nAWS_SECRET_ACCESS_KEY=filesecret\nPATH=/evil\n")
+    monkeypatch.setenv("OGPO_ENV_FILE", str(env_file))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "already-set")
+    monkeypatch.delenv("OGPO_S3_BUCKET", raising=False)
+    path_before = os.environ["PATH"]
+    load_env_file()
+    assert os.environ["OGPO_S3_BUCKET"] == "fromfile"
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == "already-set" and os.environ["PATH"] == path_before
