@@ -40,6 +40,7 @@ class EvaluateParams:
     videos: int = param(2, ge=0)  # GIFs per policy
     video_size: int = param(128, ge=16)
     device: str = "cpu"
+    threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
 
     def validate(self) -> None:
         if self.mode not in ("ode", "sde"):
@@ -66,6 +67,8 @@ def _videos(task: str, name: str, policy, H: int, p: EvaluateParams) -> list[str
 
 def run() -> None:
     p = load_params("evaluate", EvaluateParams)
+    if p.threads:
+        torch.set_num_threads(p.threads)
     metrics: dict[str, dict] = {}
     rows = ["policy,episode,env_index,success,return,length"]
     with Timer() as timer:

@@ -53,6 +53,7 @@ class FinetuneParams:
 
     seed: int = param(0, ge=0)
     device: str = "auto"  # auto = cuda when available
+    threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
     num_envs: int = param(2, ge=1)  # rollout envs (subprocess workers for robosuite)
     eval_num_envs: int = param(2, ge=1)
     replay_capacity: int = param(2_000_000, ge=1)
@@ -123,6 +124,8 @@ def _write_curve(rows: list[dict]) -> None:
 
 def run() -> None:
     p = load_params("finetune", FinetuneParams)
+    if p.threads:
+        torch.set_num_threads(p.threads)
     dev = _device(p.device)
     actor, target, bc_cfg = load_policy_pair(BC, dev)
     critic, _ = load_critic(CRITIC, dev)

@@ -35,6 +35,7 @@ class CriticParams:
 
     seed: int = param(0, ge=0)
     device: str = "cpu"
+    threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
     M: int = param(10, ge=2)
     hidden: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
     fit: OfflineCriticConfig = field(default_factory=OfflineCriticConfig)
@@ -45,6 +46,8 @@ class CriticParams:
 
 def run() -> None:
     p = load_params("fit_critic", CriticParams)
+    if p.threads:
+        torch.set_num_threads(p.threads)
     with Timer() as timer:
         torch.manual_seed(p.seed)
         gen = torch.Generator(device=p.device).manual_seed(p.seed)

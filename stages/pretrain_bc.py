@@ -37,6 +37,7 @@ class PretrainParams:
 
     seed: int = param(0, ge=0)
     device: str = "cpu"
+    threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
     num_envs: int = param(2, ge=1)  # parallel evaluation envs
     eval_episodes: int = param(32, ge=1)
     env_horizon: int | None = param(None, ge=1)  # episode length override (None = the task's default)
@@ -52,6 +53,8 @@ class PretrainParams:
 
 def run() -> None:
     p = load_params("pretrain_bc", PretrainParams)
+    if p.threads:
+        torch.set_num_threads(p.threads)
     with Timer() as timer:
         torch.manual_seed(p.seed)
         gen = torch.Generator(device=p.device).manual_seed(p.seed)
