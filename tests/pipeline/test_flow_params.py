@@ -53,3 +53,13 @@ def test_env_file_fills_only_missing_ogpo_and_aws_keys(tmp_path, monkeypatch):
     load_env_file()
     assert os.environ["OGPO_S3_BUCKET"] == "fromfile"
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == "already-set" and os.environ["PATH"] == path_before
+
+
+def test_finetune_goes_to_gpu_only_when_a_gpu_worker_is_online():
+    from pipeline.flows import _pool_for
+
+    assert _pool_for("finetune", "auto", gpu_online=True) == "gpu"
+    assert _pool_for("finetune@seed1", "auto", gpu_online=True) == "gpu"
+    assert _pool_for("finetune", "auto", gpu_online=False) == "cpu"
+    assert _pool_for("evaluate", "gpu", gpu_online=True) == "cpu"
+    assert _pool_for("finetune", "cpu", gpu_online=True) == "cpu"

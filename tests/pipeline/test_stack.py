@@ -70,6 +70,8 @@ def test_stack_is_local_and_private(stack_ctx):
     assert addrs, "no listening sockets found"
     # 0100007F = 127.0.0.1 (little-endian hex); IPv6 loopback is ::1
     assert addrs <= {"0100007F", "00000000000000000000000001000000"}, addrs
+    res = subprocess.run([str(BIN / "ogpo"), "status", "--home", str(ctx.stack.home)], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.count("running") == 3, res.stdout
     secret = ctx.env["AWS_SECRET_ACCESS_KEY"]
     for log in (ctx.stack.home / "logs").iterdir():
         assert secret not in log.read_text(errors="replace"), log
