@@ -246,6 +246,43 @@ def test_seaweed_stopped_during_push_is_retried_nothing_lost(stack_ctx):
     _pull_and_compare(ctx, ctx.fake, "results/fault-s3")
 
 
+def test_finetune_runs_on_the_gpu_pool_when_a_gpu_worker_is_online(stack_ctx):
+    """The dispatch to the ``gpu`` pool, end to end. No Docker engine here: a process pool named ``gpu``
+    with a process worker stands in for the docker pool, with the same ``ogpo/stage-gpu`` deployment."""
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.workers.process import ProcessWorker
+
+    ctx = stack_ctx
+    with ctx.client() as c:
+        dep = c.read_deployment_by_name("ogpo/stage-gpu")
+        c.delete_work_pool("gpu")
+        template = ProcessWorker.get_default_base_job_template()
+        c.create_work_pool(WorkPoolCreate(name="gpu", type="process", base_job_template=template))
+        c.create_deployment(
+            flow_id=dep.flow_id, name="stage-gpu", work_pool_name="gpu", entrypoint=dep.entrypoint,
+            pull_steps=dep.pull_steps, parameters=dep.parameters, tags=dep.tags,
+            parameter_openapi_schema=dep.parameter_openapi_schema, enforce_parameter_schema=True,
+        )  # fmt: skip
+    gpu_worker = serve.start_worker(ctx.stack, ctx.env, 1, pool="gpu")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with ctx.client() as c:
+                if str(c.read_work_pool("gpu").status.value).upper() == "READY":
+                    break
+            time.sleep(1)
+        params = {"repo_url": str(ctx.fake), "overrides": {"finetune.scale": 5.0}}
+        rc, out, run_id = deployment_run(ctx, "ogpo/full-pipeline", params, timeout=400)
+        assert rc == 0 and "Completed" in out, out[-3000:]
+        names = {t.name for t in task_runs(ctx, run_id)}
+        assert "finetune@gpu" in names and "finetune" not in names, names
+        assert "ogpo-gpu-1" in Path(gpu_worker.log).read_text(errors="replace")
+    finally:
+        serve.stop_proc(gpu_worker, signal.SIGINT, 30)
+        with ctx.client() as c:
+            c.update_work_pool("gpu", WorkPoolUpdate(is_paused=True))  # later tests fine-tune on cpu
+
+
 def test_killed_worker_flow_run_is_retried_and_resumes(stack_ctx):
     ctx = stack_ctx
     steps = 16
