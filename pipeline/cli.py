@@ -35,8 +35,10 @@ def _serve(args: argparse.Namespace) -> int:
         bucket=args.bucket,
         workers=args.workers,
         deployments=not args.no_deploy,
+        ui=not args.no_ui,
     )
-    print(f"Prefect API   {stack.api_url}")
+    ui = "" if args.no_ui else f"  (UI {stack.api_url.removesuffix('/api')})"
+    print(f"Prefect API   {stack.api_url}{ui}")
     print(f"S3 endpoint   {stack.s3_endpoint}  (bucket {stack.bucket})")
     print(f"environment   {stack.env_file}  (0600; holds the S3 secret)")
     print(f"logs          {stack.home / 'logs'}")
@@ -77,6 +79,8 @@ def _deploy(args: argparse.Namespace) -> int:
     api = os.environ.get("PREFECT_API_URL")
     if not api:
         raise OGPOError("PREFECT_API_URL is not set (source the stack's env file, see `ogpo env`)")
+    if not args.pools_only and not os.environ.get("OGPO_GIT_URL"):
+        raise OGPOError("OGPO_GIT_URL is not set: the git URL every worker clones (a git server for remote workers)")
     serve.ensure_pools(api)
     serve.ensure_zombie_automation(api)
     if not args.pools_only:
@@ -110,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bucket", default="ogpo")
     s.add_argument("--workers", type=int, default=1, help="number of cpu process workers")
     s.add_argument("--no-deploy", action="store_true", help="do not create the prefect.yaml deployments")
+    s.add_argument("--no-ui", action="store_true", help="serve the Prefect API without its web UI")
     s.set_defaults(fn=_serve)
 
     s = sub.add_parser("stop", help="stop the local stack")

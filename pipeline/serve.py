@@ -230,7 +230,6 @@ def base_env(home: Path) -> dict[str, str]:
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         DO_NOT_TRACK="1",
-        PREFECT_UI_ENABLED="false",
         PATH=str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
     )
     return env
@@ -252,8 +251,8 @@ def start_seaweed(stack: Stack, creds: Mapping[str, str]) -> Proc:
     return proc
 
 
-def start_prefect_server(stack: Stack) -> Proc:
-    env = base_env(stack.home)
+def start_prefect_server(stack: Stack, ui: bool = True) -> Proc:
+    env = base_env(stack.home) | {"PREFECT_UI_ENABLED": "true" if ui else "false"}
     argv = [_bin("prefect"), "server", "start", "--host", HOST, "--port", str(stack.prefect_port)]
     proc = _spawn("prefect-server", argv, env, stack.home)
     _wait_http(f"{stack.api_url}/health", proc, 120, "Prefect server")
@@ -416,6 +415,7 @@ def serve(
     bucket: str = DEFAULT_BUCKET,
     workers: int = 1,
     deployments: bool = True,
+    ui: bool = True,
 ) -> Stack:
     """Start the stack (idempotent: a running stack in ``home`` is an error, a stale record is replaced)."""
     home = (home or default_home()).resolve()
@@ -447,7 +447,7 @@ def serve(
         stack.procs["seaweed"] = start_seaweed(stack, creds)
         _save(stack)
         step(f"SeaweedFS S3 up on {stack.s3_endpoint}")
-        stack.procs["prefect-server"] = start_prefect_server(stack)
+        stack.procs["prefect-server"] = start_prefect_server(stack, ui=ui)
         _save(stack)
         step(f"Prefect server up on {stack.api_url}")
         settings = storage.settings_from_env(env)

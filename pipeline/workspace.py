@@ -351,12 +351,7 @@ def lock_entry(ws: Workspace, stage: str) -> dict:
     if not path.exists():
         return {}
     lock = yaml.safe_load(path.read_text()) or {}
-    stages = lock.get("stages", {})
-    if "@" in stage:
-        name, key = stage.split("@", 1)
-        entry = stages.get(name, {})
-        return entry.get(key, {}) if isinstance(entry, dict) and key in entry else stages.get(stage, {})
-    return stages.get(stage, {})
+    return lock.get("stages", {}).get(stage, {})  # foreach entries are flat keys "name@item" in DVC 3
 
 
 _RAN = re.compile(r"^Running stage '([^']+)'")

@@ -22,7 +22,8 @@ def stack_ctx(tmp_path_factory):
     subprocess.run(["git", "clone", "-q", str(ROOT), str(origin)], check=True)
     fake = make_fake_repo(base / "fake")
     home = base / "home"
-    stack = serve.serve(origin, home=home, prefect_port=serve.free_port(), s3_port=serve.free_port(), workers=1)
+    port, s3_port = serve.free_port(), serve.free_port()
+    stack = serve.serve(origin, home=home, prefect_port=port, s3_port=s3_port, workers=1, ui=False)
     try:
         yield Ctx(stack=stack, env=serve.read_env_file(stack.env_file), origin=origin, fake=fake)
     finally:
