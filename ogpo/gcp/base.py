@@ -35,6 +35,17 @@ class GCPConfig:
     min_std: float = 0.1  # clipped minimum std of stochastic DDPM steps during fine-tuning
     beta_schedule: str = "cosine"
 
+    def validate(self) -> None:
+        """ConfigError naming the first bad field (run by params loading, before any work)."""
+        from ogpo.gcp import GCP_KINDS
+        from ogpo.gcp.flow import validate_gcp_config
+
+        if self.kind not in GCP_KINDS:
+            from ogpo.errors import ConfigError
+
+            raise ConfigError(f"gcp.kind must be one of {sorted(GCP_KINDS)}, got {self.kind!r}")
+        validate_gcp_config(self)
+
 
 @dataclass
 class ChainSample:
