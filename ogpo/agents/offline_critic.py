@@ -103,6 +103,13 @@ def fit_critic_offline(
         opt.step()
         critic.ema_(cfg.tau)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            rows.append({"step": step, "td_loss": float(td), "mc_loss": float(mc), "cql_loss": float(cql)})
+            rows.append(
+                {
+                    "step": step,
+                    "td_loss": float(td.detach()),
+                    "mc_loss": float(mc.detach()),
+                    "cql_loss": float(cql.detach()),
+                }
+            )
             log.info("critic step %d/%d  td %.4f  mc %.4f  cql %.4f", step, cfg.steps, *list(rows[-1].values())[1:])
     return rows
