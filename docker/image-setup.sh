@@ -161,6 +161,7 @@ project_step() {
 	# Dependencies are already in /opt/venv (deps step); --no-deps --no-index: nothing is resolved or fetched.
 	/opt/venv/bin/pip install --no-deps --no-index --no-cache-dir "$1"
 	/opt/venv/bin/pip check
+	rm -rf "$dist"
 	/opt/venv/bin/python -c "import ogpo, pipeline, stages" || die "the installed project does not import"
 }
 
