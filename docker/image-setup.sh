@@ -90,11 +90,11 @@ pip_env() {
 		export PIP_CERT=/run/secrets/pip_cert
 		say "using the build secret pip_cert as pip's CA bundle"
 	fi
-	export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_DEFAULT_TIMEOUT=${PIP_DEFAULT_TIMEOUT:-120}
+	export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_DEFAULT_TIMEOUT="${PIP_DEFAULT_TIMEOUT:-120}"
 	FIND_LINKS=""
 	if [ -d /wheels ] && ls /wheels/*.whl >/dev/null 2>&1; then
 		FIND_LINKS="--find-links /wheels"
-		say "local wheels offered to pip: $(cd /wheels && ls ./*.whl | tr '\n' ' ')"
+		say "local wheels offered to pip: $(find /wheels -maxdepth 1 -name '*.whl' -exec basename {} \; | tr '\n' ' ')"
 	fi
 }
 

@@ -47,6 +47,12 @@ def test_hadolint_passes(dockerfile: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
 
 
+@pytest.mark.parametrize("script", ["build.sh", "entrypoint.sh", "image-setup.sh"])
+def test_shellcheck_passes(script: str) -> None:
+    res = subprocess.run([_tool("shellcheck"), str(DOCKER / script)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
 # --------------------------------------------------------------------------------------------- Dockerfile
 def _stages(text: str) -> dict[str, tuple[str, list[str]]]:
     """Stage name -> (FROM argument, instruction lines), with continuation lines joined and comments dropped."""
