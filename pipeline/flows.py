@@ -95,6 +95,24 @@ def _pool_for(stage: str, finetune_pool: str, gpu_online: bool) -> str:
     return finetune_pool
 
 
+def seeded_stages(graph: dict[str, list[str]], seed_param: str) -> set[str]:
+    """Stages that depend on the seed: those reading the seed's params section, and everything downstream."""
+    section = seed_param.split(".")[0]
+    down: dict[str, set[str]] = {s: set() for s in graph}
+    for stage, ups in graph.items():
+        for up in ups:
+            down[up].add(stage)
+    out, todo = set(), [s for s in graph if s.split("@")[0] == section]
+    while todo:
+        stage = todo.pop()
+        if stage not in out:
+            out.add(stage)
+            todo.extend(down[stage])
+    if not out:
+        raise ConfigError(f"seed_param={seed_param!r}: no stage named {section!r} in dvc.yaml")
+    return out
+
+
 def run_pipeline(
     repo_url: str,
     rev: str,
@@ -104,62 +122,75 @@ def run_pipeline(
     finetune_pool: str,
     run_key: str,
     collect: dict[str, list[str]] | None = None,
+    seeds: list[int] | None = None,
+    seed_param: str = "finetune.seed",
 ) -> tuple[str, dict[str, StageResult]]:
-    """Plan at ``rev`` and run the needed stages in dependency order, in parallel where the DAG allows."""
+    """Plan at ``rev`` and run the needed stages in dependency order, in parallel where the DAG allows.
+
+    With ``seeds``, the seed-dependent stages (``seed_param``'s section and everything downstream) run
+    once per seed, in parallel, on top of one shared run of the stages upstream of them. Results are keyed
+    by stage, or ``stage#seed<N>`` for the per-seed ones.
+    """
     logger = get_run_logger()
     collect = collect or {}
-    plan = plan_pipeline(
-        repo_url, rev, profile, overrides, run_key, targets, sorted({f for v in collect.values() for f in v})
-    )
+    files = sorted({f for v in collect.values() for f in v})
+    plan = plan_pipeline(repo_url, rev, profile, overrides, run_key, targets, files, run_probe=not seeds)
     sha, graph, wanted, probe = plan["sha"], plan["graph"], set(plan["wanted"]), plan["probe"]
     order = [s for s in workspace.topo_order(graph) if s in wanted]
     if probe.get("complete"):
-        files = probe.get("files", {})
+        got = probe.get("files", {})
         return sha, {
-            s: StageResult(s, sha, [], [s], 0.0, probe["lock"].get(s, {}), {f: files[f] for f in collect.get(s, [])})
+            s: StageResult(s, sha, [], [s], 0.0, probe["lock"].get(s, {}), {f: got[f] for f in collect.get(s, [])})
             for s in order
         }
+    per_seed = seeded_stages(graph, seed_param) if seeds else set()
+    nodes: dict[str, StageSpec] = {}
+    deps: dict[str, list[str]] = {}
+    for stage in order:
+        for seed in seeds if stage in per_seed else [None]:
+            key = stage if seed is None else f"{stage}#seed{seed}"
+            node_overrides = dict(overrides) if seed is None else {**overrides, seed_param: seed}
+            node_key = run_key if seed is None else f"{run_key}-seed{seed}"
+            nodes[key] = StageSpec(repo_url, sha, stage, node_key, profile, node_overrides, collect.get(stage, []), key)
+            deps[key] = [u if u not in per_seed else f"{u}#seed{seed}" for u in graph[stage] if u in wanted]
     gpu_online = finetune_pool != "cpu" and any(s.split("@")[0] in GPU_STAGES for s in order) and _gpu_online()
     if finetune_pool == "gpu" and not gpu_online:
         logger.warning("finetune_pool='gpu' but no GPU worker is online: the run waits for one")
     results: dict[str, StageResult] = {}
     running: dict[Any, str] = {}
     failed: list[str] = []
-    waiting = list(order)
+    waiting = list(nodes)
     while waiting or running:
         if not failed:
-            for stage in [s for s in waiting if all(u in results for u in graph[s] if u in wanted)]:
-                waiting.remove(stage)
-                files = collect.get(stage, [])
-                spec = StageSpec(repo_url, sha, stage, run_key, profile, dict(overrides), files)
-                pool = _pool_for(stage, finetune_pool, gpu_online)
-                if pool == "gpu":
+            for key in [k for k in waiting if all(u in results for u in deps[k])]:
+                waiting.remove(key)
+                spec = nodes[key]
+                if _pool_for(spec.stage, finetune_pool, gpu_online) == "gpu":
                     fut = run_stage_on_pool.submit(spec, GPU_POOL, GPU_STAGE_DEPLOYMENT)
                 else:
                     fut = run_stage.submit(spec)
-                running[fut] = stage
+                running[fut] = key
         if not running:
             break
         fut = next(as_completed(list(running)))
-        stage = running.pop(fut)
+        key = running.pop(fut)
         try:
-            results[stage] = fut.result()
+            results[key] = fut.result()
         except Exception as e:
-            failed.append(stage)
-            logger.error("stage %s failed: %s", stage, storage.redact(str(e)))
+            failed.append(key)
+            logger.error("stage %s failed: %s", key, storage.redact(str(e)))
     if failed:
-        skipped = [s for s in waiting]
         raise workspace.StageError(
             f"stage(s) {', '.join(failed)} failed at {sha[:12]}"
-            + (f"; not run: {', '.join(skipped)}" if skipped else "")
+            + (f"; not run: {', '.join(waiting)}" if waiting else "")
         )
     return sha, results
 
 
 def _summary_markdown(sha: str, rev: str, profile: str | None, results: dict[str, StageResult], extra: str) -> str:
     rows = "\n".join(
-        f"| {r.stage} | {'ran' if r.stage in r.ran else 'cache hit'} | {r.seconds:.1f} | {r.worker} |"
-        for r in results.values()
+        f"| {key} | {'ran' if r.stage in r.ran else 'cache hit'} | {r.seconds:.1f} | {r.worker} |"
+        for key, r in results.items()
     )
     return (
         f"# ogpo pipeline at `{rev}` ({sha[:12]}), profile `{profile or 'params.yaml'}`\n\n"
@@ -190,6 +221,8 @@ def ogpo(
     regression_policy: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "finetuned",
     run_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{8,64}$")] | None = None,
     collect: list[RelPath] | None = None,
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=64)] | None = None,
+    seed_param: ParamKey = "finetune.seed",
 ) -> dict[str, Any]:
     """Run the OGPO DVC pipeline on workers (see the module docstring for the modes)."""
     from prefect.runtime import flow_run
@@ -206,19 +239,24 @@ def ogpo(
         res = run_stage(StageSpec(url, rev, targets[0], key, profile, overrides, list(collect or [])))
         return {"sha": res.sha, "stages": {res.stage: res.__dict__}}
     if mode == "pipeline":
-        sha, results = run_pipeline(url, rev, profile, overrides, targets, finetune_pool, key)
-        extra = ""
-        published = None
+        sha, results = run_pipeline(url, rev, profile, overrides, targets, finetune_pool, key, None, seeds, seed_param)
+        published: dict[str, str] = {}
         if result_branch:
-            msg = f"ogpo results for {sha[:12]} (profile {profile or 'params.yaml'}, flow run {key[:12]})"
-            locks = {name: r.lock for name, r in results.items()}
-            published = publish_lock(url, sha, profile, overrides, locks, result_branch, key, msg)
-            extra = f"Results committed as `{published[:12]}` on branch `{result_branch}`: " + (
-                f"`ogpo pull models/finetuned --rev {result_branch}`"
-            )
+            for seed in seeds or [None]:
+                # one commit per seed: params.yaml with that seed and the lock of its stages + the shared ones
+                suffix = "" if seed is None else f"#seed{seed}"
+                branch = result_branch if seed is None else f"{result_branch}/seed-{seed}"
+                over = overrides if seed is None else {**overrides, seed_param: seed}
+                locks = {r.stage: r.lock for k, r in results.items() if "#" not in k or k.endswith(suffix)}
+                msg = f"ogpo results for {sha[:12]} (profile {profile or 'params.yaml'}, flow run {key[:12]})"
+                published[branch] = publish_lock(url, sha, profile, over, locks, branch, key, msg)
+        extra = "".join(
+            f"Results committed as `{c[:12]}` on branch `{b}`: `ogpo pull models/finetuned --rev {b}`\n\n"
+            for b, c in published.items()
+        )
         create_markdown_artifact(_summary_markdown(sha, rev, profile, results, extra), key="ogpo-pipeline")
-        ran = sorted({s for r in results.values() for s in r.ran})
-        logger.info("pipeline at %s done: %d stages, ran %s", sha[:12], len(results), ran or "none")
+        ran = sorted(k for k, r in results.items() if r.stage in r.ran)
+        logger.info("pipeline at %s done: %d stage runs, ran %s", sha[:12], len(results), ran or "none")
         return {"sha": sha, "ran": ran, "published": published, "stages": {k: v.__dict__ for k, v in results.items()}}
     # mode == "regression"
     from pipeline.regression import run_regression

@@ -9,6 +9,7 @@ restore, not a re-run. Only transient storage faults are retried; a stage's own 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -44,6 +45,10 @@ class StageSpec:
     profile: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     collect: list[str] = field(default_factory=list)
+    label: str = ""  # the task run's name: the stage, or "stage#seed<N>" when fanned out over seeds
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.stage
 
 
 @dataclass
@@ -66,8 +71,9 @@ def work_root() -> Path:
 
 
 def _ws_dir(run_key: str, name: str) -> Path:
+    """One directory per (run, stage node, process): parallel nodes never share a workspace."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return work_root() / f"{run_key[:12]}-{safe}-{os.getpid()}"
+    return work_root() / f"{hashlib.sha1(run_key.encode()).hexdigest()[:12]}-{safe}-{os.getpid()}"
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -90,6 +96,7 @@ def plan_pipeline(
     run_key: str,
     targets: list[str] | None = None,
     collect: list[str] | None = None,
+    run_probe: bool = True,
 ) -> dict[str, Any]:
     """Resolve ``rev`` to a commit, read the stage graph there, and probe the run-cache.
 
@@ -106,7 +113,7 @@ def plan_pipeline(
         )
         graph = workspace.stage_graph(ws.path)
         wanted = workspace.upstream_closure(graph, targets) if targets else set(graph)
-        probe = workspace.probe(ws, sorted(wanted))
+        probe = workspace.probe(ws, sorted(wanted)) if run_probe else {"complete": False, "skipped": True}
         if probe.get("complete"):
             probe["files"] = _read_files(ws, collect or [], "probe")
     finally:
@@ -132,7 +139,7 @@ def _read_files(ws: workspace.Workspace, rels: list[str], what: str) -> dict[str
 def _stage_body(spec: StageSpec, settings: storage.S3Settings, log_line) -> StageResult:
     """Run one stage in a fresh workspace; shared by the local task and the remote (gpu) stage flow."""
     t0 = time.monotonic()
-    dest = _ws_dir(spec.run_key, spec.stage)
+    dest = _ws_dir(spec.run_key, spec.label)
     ws = workspace.reuse(dest, spec.sha)  # a retry in this process: keep what the last attempt computed
     reused = ws is not None
     if ws is None:
@@ -204,7 +211,7 @@ def read_result(settings: storage.S3Settings, run_key: str, stage: str) -> Stage
 
 @task(
     name="stage",
-    task_run_name="{spec.stage}",
+    task_run_name="{spec.label}",
     cache_policy=NO_CACHE,
     retries=3,
     retry_delay_seconds=[2, 10, 30],
@@ -223,7 +230,7 @@ def run_stage(spec: StageSpec) -> StageResult:
 
 @task(
     name="stage-on-pool",
-    task_run_name="{spec.stage}@{pool}",
+    task_run_name="{spec.label}@{pool}",
     cache_policy=NO_CACHE,
     retries=1,
     retry_delay_seconds=[10],

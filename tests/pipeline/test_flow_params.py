@@ -63,3 +63,14 @@ def test_finetune_goes_to_gpu_only_when_a_gpu_worker_is_online():
     assert _pool_for("finetune", "auto", gpu_online=False) == "cpu"
     assert _pool_for("evaluate", "gpu", gpu_online=True) == "cpu"
     assert _pool_for("finetune", "cpu", gpu_online=True) == "cpu"
+
+
+def test_seeded_stages_are_the_seed_section_and_everything_downstream():
+    from pipeline.flows import seeded_stages
+
+    graph = {"ingest": [], "pretrain_bc": ["ingest"], "fit_critic": ["pretrain_bc"], "finetune": ["fit_critic"],
+             "evaluate": ["finetune", "pretrain_bc"], "report": ["evaluate"]}  # fmt: skip
+    assert seeded_stages(graph, "finetune.seed") == {"finetune", "evaluate", "report"}
+    assert seeded_stages(graph, "pretrain_bc.seed") == {"pretrain_bc", "fit_critic", "finetune", "evaluate", "report"}
+    with pytest.raises(Exception, match="nosuch"):
+        seeded_stages(graph, "nosuch.seed")

@@ -166,6 +166,23 @@ def test_fake_pipeline_runs_then_reruns_nothing(stack_ctx):
     print(f"fake pipeline rerun: {time.monotonic() - t0:.1f} s")
 
 
+def test_seeds_fan_out_in_parallel_on_shared_upstream(stack_ctx):
+    """seeds=[2, 3]: finetune and everything downstream once per seed, ingest once, one result per seed."""
+    ctx = stack_ctx
+    params = {"repo_url": str(ctx.fake), "seeds": [2, 3], "seed_param": "finetune.scale",
+              "overrides": {"finetune.step_s": 1.0}, "result_branch": "results/seeds"}  # fmt: skip
+    rc, out, run_id = deployment_run(ctx, "ogpo/full-pipeline", params, timeout=400)
+    assert rc == 0 and "Completed" in out, out[-3000:]
+    runs = task_runs(ctx, run_id)
+    names = sorted(t.name for t in runs if t.name != "publish" and not t.name.startswith(("plan", "publish")))
+    assert names == ["evaluate#seed2", "evaluate#seed3", "finetune#seed2", "finetune#seed3", "ingest"], names
+    ft = {t.name: t for t in runs if t.name.startswith("finetune#")}
+    a, b = ft["finetune#seed2"], ft["finetune#seed3"]
+    assert a.start_time < b.end_time and b.start_time < a.end_time, "the two seeds did not overlap"
+    for seed in (2, 3):
+        assert f"scale: {seed}" in git(ctx.fake, "show", f"results/seeds/seed-{seed}:params.yaml")
+
+
 def test_degraded_checkpoint_fails_nightly_regression_with_report(stack_ctx):
     ctx = stack_ctx
     git(ctx.fake, "tag", "-f", "regression-baseline", "main")
