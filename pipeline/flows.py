@@ -7,6 +7,10 @@ One flow, three modes, so that every deployment is ``ogpo/<name>`` (``prefect.ya
   ``foreach`` entries in parallel). Fine-tuning goes to the ``gpu`` work pool when a GPU worker is online
   (``finetune_pool="auto"``), else runs here on the ``cpu`` pool. Optionally commits the resulting
   params.yaml + dvc.lock to ``result_branch`` so that ``ogpo pull ... --rev <branch>`` finds the outputs.
+  ``seeds=[0, 1, 2]`` fans the seed-dependent stages (``seed_param``'s section, default ``finetune.seed``,
+  and everything downstream) out over the seeds in parallel, sharing one run of the upstream stages; each
+  seed gets its own result branch ``<result_branch>/seed-<N>``. A re-run with nothing changed is one
+  restore-only probe of the run-cache and no stage task.
 - ``regression`` (deployment ``ogpo/nightly-regression``): runs the pipeline up to ``evaluate`` at the
   pinned ``baseline_rev`` and at ``rev``, compares success with a one-sided exact test at ``alpha``, writes
   a report artifact, and ends Failed on a regression.
