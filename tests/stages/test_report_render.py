@@ -21,21 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.ogpo.test_report import CURVE_COLUMNS
+
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-CURVE_COLUMNS = [
-    "env_steps",
-    "success",
-    "return",
-    "episode_length",
-    "actor_loss",
-    "critic_loss",
-    "bc_loss",
-    "adv_mean",
-    "adv_abs",
-    "clip_frac",
-    "q_mean",
-    "wall_time",
-]
 
 
 def _rollout_gif(path: Path, seed: int, frames: int = 12) -> None:
