@@ -24,7 +24,8 @@ if ! .venv/bin/python -c "import ogpo, torch, robosuite, prefect, dvc" 2>/dev/nu
    || [ pyproject.toml -nt .venv/.installed ]; then
   echo "[setup] installing the project and its pinned dependencies into .venv"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[dev]"
+  # docker/constraints.txt pins every transitive package to the tested set (the worker image uses it too)
+  .venv/bin/pip install -q -c docker/constraints.txt -e ".[dev]"
   .venv/bin/pip check
   touch .venv/.installed
 fi
