@@ -6,7 +6,12 @@ alternating rounds so that background load hits all of them alike) and the ratio
 
     vector steps/s / (workers x raw single-env steps/s)      (target >= 0.8)
 
-Usage: ``.venv/bin/python benchmarks/envs.py [--task lift] [--workers 2] [--steps 1500] [--rounds 2]``
+for both ways of driving the vector env: ``step`` (one action per env per round trip, a per-step policy) and
+``step_chunk`` (an H-action chunk per env per round trip, a chunk policy called once per chunk), which is how
+evaluation runs (ogpo.rollout.evaluate; the online trainer steps per action because spec 2.9 interleaves
+updates with single env steps).
+
+Usage: ``.venv/bin/python benchmarks/envs.py [--task lift] [--workers 2] [--H 4] [--steps 1500] [--rounds 2]``
 """
 
 from __future__ import annotations
@@ -59,12 +64,12 @@ def wrapped_rate(task: str, steps: int, seed: int) -> float:
     return rate
 
 
-def policy(obs_dim: int, act_dim: int) -> torch.nn.Module:
-    """A small MLP standing in for the actor (one batched call per vector step)."""
+def policy(obs_dim: int, act_dim: int, H: int = 1) -> torch.nn.Module:
+    """A small MLP standing in for the actor: obs -> H actions (one batched call per decision)."""
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Linear(obs_dim, 256), torch.nn.GELU(), torch.nn.Linear(256, 256), torch.nn.GELU(),
-        torch.nn.Linear(256, act_dim), torch.nn.Tanh(),
+        torch.nn.Linear(256, H * act_dim), torch.nn.Tanh(), torch.nn.Unflatten(1, (H, act_dim)),
     )  # fmt: skip
 
 
@@ -79,23 +84,29 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def vector_rate(env, net: torch.nn.Module, steps: int, seed: int) -> tuple[float, float, float]:
+def vector_rate(env, net: torch.nn.Module, steps: int, seed: int, chunked: bool) -> tuple[float, float, float]:
     """Vector env steps/s (counting every env's step), the policy's share of the wall time, and the CPU
-    seconds (workers + caller) spent per env step."""
+    seconds (workers + caller) spent per env step. ``chunked``: the policy returns H-action chunks run by
+    ``step_chunk``; otherwise one action per env per ``step``."""
     obs = env.reset(seed)
-    n_iter = max(1, steps // env.num_envs)
+    n = 0
     t_policy = 0.0
     cpu0, own0 = _cpu_seconds(env.pids), time.process_time()
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for _ in range(n_iter):
+        while n < steps:
             tp = time.perf_counter()
             act = net(torch.from_numpy(obs)).numpy()
             t_policy += time.perf_counter() - tp
-            obs = env.step(act).obs
+            if chunked:
+                res = env.step_chunk(act)
+                n += int(res.steps.sum())
+            else:
+                res = env.step(act[:, 0])
+                n += env.num_envs
+            obs = res.obs
     wall = time.perf_counter() - t0
     cpu = _cpu_seconds(env.pids) - cpu0 + time.process_time() - own0
-    n = n_iter * env.num_envs
     return n / wall, t_policy / wall, cpu / n
 
 
@@ -103,59 +114,65 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--task", default="lift")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--H", type=int, default=4, help="chunk length of the chunk policy (the profiles use 4)")
     ap.add_argument("--steps", type=int, default=1500, help="env steps per measurement")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; the table shows medians")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = task_spec(args.task)
+    W, H = args.workers, args.H
 
     t0 = time.perf_counter()
-    venv = make_vector_env(args.task, args.workers, args.seed)
+    venv = make_vector_env(args.task, W, args.seed)
     startup = time.perf_counter() - t0
     venv1 = make_vector_env(args.task, 1, args.seed)
-    net = policy(spec.obs_dim, spec.act_dim)
-    vector_rate(venv, net, 100, args.seed)  # warm-up (first steps JIT-compile robosuite's numba kernels)
-    vector_rate(venv1, net, 50, args.seed)
+    step_net, chunk_net = policy(spec.obs_dim, spec.act_dim), policy(spec.obs_dim, spec.act_dim, H)
+    # rows: (label, env, net, chunked); the W-worker rows give the ratios
+    rows = [
+        ("vector env, 1 worker, step + MLP", venv1, step_net, False),
+        (f"vector env, {W} workers, step + MLP", venv, step_net, False),
+        (f"vector env, 1 worker, step_chunk H={H} + MLP", venv1, chunk_net, True),
+        (f"vector env, {W} workers, step_chunk H={H} + MLP", venv, chunk_net, True),
+    ]
+    for _, env, net, chunked in rows:  # warm-up (first steps JIT-compile robosuite's numba kernels)
+        vector_rate(env, net, 50 * env.num_envs, args.seed, chunked)
     raw_rate(args.task, 50, args.seed)
-    raws, raw_cpus, wraps, vecs, shares, vec_cpus, ones = [], [], [], [], [], [], []
+    raws, raw_cpus, wraps = [], [], []
+    rates: dict[str, list[float]] = {r[0]: [] for r in rows}
+    cpus: dict[str, list[float]] = {r[0]: [] for r in rows}
     try:
         for r in range(args.rounds):
             rate, cpu = raw_rate(args.task, args.steps, args.seed + r)
             raws.append(rate)
             raw_cpus.append(cpu)
             wraps.append(wrapped_rate(args.task, args.steps, args.seed + r))
-            ones.append(vector_rate(venv1, net, args.steps // 2, args.seed + r)[0])
-            v, share, cpu = vector_rate(venv, net, args.steps, args.seed + r)
-            vecs.append(v)
-            shares.append(share)
-            vec_cpus.append(cpu)
+            for label, env, net, chunked in rows:
+                steps = args.steps * env.num_envs // W
+                v, _, cpu = vector_rate(env, net, steps, args.seed + r, chunked)
+                rates[label].append(v)
+                cpus[label].append(cpu)
     finally:
         venv.close()
         venv1.close()
-    one = statistics.median(ones)
-    raw, wrapped, vec = (statistics.median(x) for x in (raws, wraps, vecs))
-    raw_cpu, vec_cpu = statistics.median(raw_cpus), statistics.median(vec_cpus)
-    ratio = vec / (args.workers * raw)
+    raw, wrapped, raw_cpu = (statistics.median(x) for x in (raws, wraps, raw_cpus))
+    med = {k: statistics.median(v) for k, v in rates.items()}
     load = os.getloadavg()[0]
     print(f"\nenv throughput: task {args.task}, {args.steps} steps x {args.rounds} rounds (median), "
           f"{os.cpu_count()} CPUs, load average {load:.1f}")  # fmt: skip
-    print(f"{'configuration':<44}{'steps/s':>10}{'per env':>10}")
-    print(f"{'raw robosuite env (1 process)':<44}{raw:>10.1f}{raw:>10.1f}")
-    print(f"{'RobosuiteEnv wrapper (1 process)':<44}{wrapped:>10.1f}{wrapped:>10.1f}")
-    print(f"{'vector env, 1 worker + MLP policy':<44}{one:>10.1f}{one:>10.1f}")
-    label = f"vector env, {args.workers} workers + MLP policy"
-    print(f"{label:<44}{vec:>10.1f}{vec / args.workers:>10.1f}")
-    print(f"\nvector start-up {startup:.1f} s; policy share of vector wall time {100 * statistics.median(shares):.1f}%")
-    print(f"ratio vector / (workers x raw) = {vec:.1f} / ({args.workers} x {raw:.1f}) = {ratio:.2f} (target >= 0.8)")
-    print(
-        f"wrapper overhead: wrapped / raw = {wrapped / raw:.2f}; IPC overhead: 1-worker vector / raw = {one / raw:.2f}"
-    )
-    print(
-        f"CPU per env step: raw {1e3 * raw_cpu:.2f} ms, vector (workers + caller) {1e3 * vec_cpu:.2f} ms -> "
-        f"CPU efficiency {raw_cpu / vec_cpu:.2f} (the ratio an otherwise idle machine with >= workers + 1 cores "
-        "would approach; the wall-clock ratio above also pays for other processes' load)"
-    )
+    print(f"{'configuration':<46}{'steps/s':>9}{'per env':>9}{'CPU ms/step':>13}")
+    print(f"{'raw robosuite env (1 process)':<46}{raw:>9.1f}{raw:>9.1f}{1e3 * raw_cpu:>13.2f}")
+    print(f"{'RobosuiteEnv wrapper (1 process)':<46}{wrapped:>9.1f}{wrapped:>9.1f}")
+    for label, env, _, _ in rows:
+        cpu = 1e3 * statistics.median(cpus[label])
+        print(f"{label:<46}{med[label]:>9.1f}{med[label] / env.num_envs:>9.1f}{cpu:>13.2f}")
+    print(f"\nvector start-up {startup:.1f} s ({W} workers); wrapper / raw = {wrapped / raw:.2f}")
+    for label, env, _, chunked in rows:
+        if env is venv:
+            how = f"step_chunk (H={H})" if chunked else "step (per action)"
+            v = med[label]
+            print(f"ratio vector / (workers x raw), {how:<18} = {v:.1f} / ({W} x {raw:.1f}) = {v / (W * raw):.2f} "
+                  "(target >= 0.8)")  # fmt: skip
 
 
 if __name__ == "__main__":

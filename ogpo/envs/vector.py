@@ -1,8 +1,11 @@
 """N robosuite envs in subprocesses behind the VectorEnv protocol (ogpo.envs.base).
 
 Why subprocesses: one robosuite step costs 6-12 ms of Python (the OSC controller), so parallel workers are the
-main lever; the policy stays in the caller and is evaluated once per step on the whole batch. Each worker
+main lever; the policy stays in the caller and is evaluated once per decision on the whole batch. Each worker
 owns one RobosuiteEnv and auto-resets it when its episode ends, so a step is a single round trip per worker.
+``step_chunk`` sends a whole action chunk (H actions) per round trip: the workers run H steps back to back,
+so the caller's policy call, the pipe latency and the wait for the slowest worker are paid once per chunk
+instead of once per step (benchmarks/envs.py measures both).
 
 Seeding: after ``reset(seed)`` env i runs episode k with seed ``seed + i + k * N``: every episode has its own
 seed, the stream is a pure function of (seed, N), and a failing env can be named with the seed that
@@ -32,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ogpo.envs.base import StepResult
+from ogpo.envs.base import ChunkStepResult, StepResult, check_chunk
 from ogpo.envs.robosuite import task_spec
 from ogpo.errors import EnvError, ShapeError
 
@@ -50,6 +53,15 @@ class VectorStepResult(StepResult):
     states: np.ndarray | None = None
     final_states: np.ndarray | None = None
     episode_seeds: np.ndarray | None = None
+
+
+@dataclass
+class VectorChunkResult(ChunkStepResult):
+    """ChunkStepResult plus simulator states after the chunk (only with ``record_states=True``): ``states``
+    matches ``obs``, ``final_states`` matches ``final_obs``."""
+
+    states: np.ndarray | None = None
+    final_states: np.ndarray | None = None
 
 
 def _die_with_parent() -> None:
@@ -98,6 +110,9 @@ def _worker_main(fd: int) -> None:
                     else:
                         st = final_state
                     conn.send(("ok", (obs, reward, terminated, truncated, info["success"], final_obs, st, final_state)))
+                elif cmd == "chunk":
+                    actions, next_seed = data
+                    conn.send(("ok", _run_chunk(env, actions, next_seed, state)))
                 elif cmd == "reset":
                     obs = env.reset(data)
                     conn.send(("ok", (obs, state())))
@@ -116,6 +131,27 @@ def _worker_main(fd: int) -> None:
     finally:
         with contextlib.suppress(Exception):
             env.close()
+
+
+def _run_chunk(env, actions: np.ndarray, next_seed: int, state) -> tuple:
+    """Worker side of ``step_chunk``: run up to len(actions) steps, stopping (and resetting) at episode end."""
+    n = len(actions)
+    next_obs = np.zeros((n, env.obs_dim), dtype=np.float32)
+    rewards = np.zeros(n, dtype=np.float32)
+    terminated = truncated = success = False
+    steps = 0
+    while steps < n and not (terminated or truncated):
+        obs, rewards[steps], terminated, truncated, info = env.step(actions[steps])
+        next_obs[steps] = obs
+        success = info["success"]
+        steps += 1
+    final_state = state()
+    if terminated or truncated:
+        obs, st = env.reset(next_seed), state()
+    else:
+        obs = next_obs[steps - 1] if steps else None  # None: unchanged (the caller keeps the last obs)
+        st = final_state
+    return next_obs[:steps], rewards[:steps], terminated, truncated, success, obs, st, final_state
 
 
 def _shutdown(procs: list[subprocess.Popen], conns: list[Connection]) -> None:
@@ -181,6 +217,7 @@ class RobosuiteVectorEnv:
         self.episode_seeds = self.seed + np.arange(num_envs, dtype=np.int64)
         self._closed = False
         self.last_states: np.ndarray | None = None  # states matching reset()'s obs (record_states=True)
+        self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)  # last obs returned, per env
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
@@ -250,7 +287,8 @@ class RobosuiteVectorEnv:
         self.episode_seeds = self.seed + np.arange(self.num_envs, dtype=np.int64)
         out = self._roundtrip([("reset", int(s)) for s in self.episode_seeds], "reset")
         self.last_states = np.stack([o[1] for o in out]) if self.record_states else None
-        return np.stack([o[0] for o in out]).astype(np.float32, copy=False)
+        self._obs = np.stack([o[0] for o in out]).astype(np.float32, copy=False)
+        return self._obs
 
     def step(self, actions: np.ndarray) -> VectorStepResult:
         """Step all envs with actions [N, act_dim]; an env whose episode ended is reset (next seed)."""
@@ -271,8 +309,9 @@ class RobosuiteVectorEnv:
         if self.record_states:
             states = np.stack([o[6] for o in out])
             final_states = np.stack([o[7] for o in out])
+        self._obs = np.stack([o[0] for o in out]).astype(np.float32, copy=False)
         return VectorStepResult(
-            obs=np.stack([o[0] for o in out]).astype(np.float32, copy=False),
+            obs=self._obs,
             reward=np.array([o[1] for o in out], dtype=np.float32),
             terminated=terminated,
             truncated=truncated,
@@ -281,6 +320,39 @@ class RobosuiteVectorEnv:
             states=states,
             final_states=final_states,
             episode_seeds=seeds,
+        )
+
+    def step_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> VectorChunkResult:
+        """Execute action chunks [N, h, act_dim], env i its first ``lengths[i]`` actions (default all h), in
+        one round trip per worker; an env whose episode ends inside its chunk stops there and is reset."""
+        self._check_open()
+        actions, lengths = check_chunk(actions, lengths, self.num_envs, self.act_dim, f"task {self.task!r}")
+        N, h = self.num_envs, actions.shape[1]
+        msgs = [("chunk", (actions[i, : lengths[i]], int(self.episode_seeds[i] + N))) for i in range(N)]
+        out = self._roundtrip(msgs, "step_chunk")
+        next_obs = np.zeros((N, h, self.obs_dim), dtype=np.float32)
+        reward = np.zeros((N, h), dtype=np.float32)
+        steps = np.array([len(o[1]) for o in out], dtype=np.int64)
+        for i, o in enumerate(out):
+            next_obs[i, : steps[i]] = o[0]
+            reward[i, : steps[i]] = o[1]
+        terminated = np.array([o[2] for o in out], dtype=bool)
+        truncated = np.array([o[3] for o in out], dtype=bool)
+        seeds = self.episode_seeds.copy()
+        self.episode_seeds = np.where(terminated | truncated, self.episode_seeds + N, self.episode_seeds)
+        obs = np.stack([self._obs[i] if o[5] is None else o[5] for i, o in enumerate(out)]).astype(np.float32)
+        self._obs = obs
+        return VectorChunkResult(
+            obs=obs,
+            next_obs=next_obs,
+            reward=reward,
+            steps=steps,
+            terminated=terminated,
+            truncated=truncated,
+            success=np.array([o[4] for o in out], dtype=bool),
+            episode_seeds=seeds,
+            states=np.stack([o[6] for o in out]) if self.record_states else None,
+            final_states=np.stack([o[7] for o in out]) if self.record_states else None,
         )
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> list:
