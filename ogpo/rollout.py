@@ -1,10 +1,7 @@
 """Executing action chunks on a vector env, and unbiased evaluation.
 
-Chunks run open-loop (spec 1.1). Evaluation: one batched policy call gives every env its next H actions and
-``VectorEnv.step_chunk`` executes them in one round trip per worker; an env whose episode ends inside its chunk
-drops the rest of the chunk (the spec's queue is cleared at episode end), so after every call all envs are at a
-chunk boundary. Training (ogpo.agents.online) steps one action at a time from a per-env ``ChunkQueue``,
-because spec 2.9 interleaves gradient updates with single env steps.
+Chunks run open-loop from a per-env queue of H actions; a new chunk is sampled only for the envs whose queue
+is empty (batched into one policy call), and an env's queue is cleared when its episode ends (spec 1.1).
 """
 
 from __future__ import annotations
@@ -14,14 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ogpo.envs.base import ChunkStepResult, VectorEnv
+from ogpo.envs.base import StepResult, VectorEnv
 
 ChunkPolicy = Callable[[np.ndarray], np.ndarray]  # obs [n, obs_dim] -> chunks [n, H, d_a]
 
 
 class ChunkQueue:
-    """Per-env action queues for N envs, for loops that step one primitive action at a time (the online
-    trainer: spec 2.9 interleaves updates with single env steps, so envs decide at their own chunk boundaries)."""
+    """Per-env action queues for N envs."""
 
     def __init__(self, num_envs: int, H: int, act_dim: int) -> None:
         self.H = H
@@ -62,14 +58,12 @@ def evaluate(env: VectorEnv, policy: ChunkPolicy, n_episodes: int, seed: int, H:
     ret = np.zeros(N)
     length = np.zeros(N, dtype=np.int64)
     out: list[tuple[bool, float, int, int]] = []
+    q = ChunkQueue(N, H, env.act_dim)
     obs = env.reset(seed)
     while (done_count < quota).any():
-        want = done_count < quota  # envs that met their quota idle (no policy call, zero-length chunk)
-        chunks = np.zeros((N, H, env.act_dim), dtype=np.float32)
-        chunks[want] = policy(obs[want])[:, :H]
-        res: ChunkStepResult = env.step_chunk(chunks, np.where(want, H, 0))
-        ret += res.reward.sum(axis=1)
-        length += res.steps
+        res: StepResult = env.step(q.next_actions(obs, policy))
+        ret += res.reward
+        length += 1
         ended = res.terminated | res.truncated
         for i in np.flatnonzero(ended):
             if done_count[i] < quota[i]:
@@ -77,6 +71,7 @@ def evaluate(env: VectorEnv, policy: ChunkPolicy, n_episodes: int, seed: int, H:
                 done_count[i] += 1
         ret[ended] = 0.0
         length[ended] = 0
+        q.clear(ended)
         obs = res.obs
     s, r, ln, e = (np.asarray(x) for x in zip(*out, strict=True)) if out else ([], [], [], [])
     return EvalResult(np.asarray(s, dtype=bool), np.asarray(r, float), np.asarray(ln), np.asarray(e))

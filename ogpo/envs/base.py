@@ -1,10 +1,11 @@
 """The vector-env protocol shared by the toy task and the robosuite vector env.
 
-Rollout and training code only uses this interface. ``step`` executes one *primitive* action per env;
-``step_chunk`` executes a whole action chunk (up to H primitive actions) per env in one call and reports every
-primitive step, so replay still stores primitive steps, as in the official code. Chunks are the unit the policy
-acts in (spec 1.1), and for subprocess envs one round trip per chunk instead of one per action is what lets W
-workers run at nearly W times one env's rate.
+Rollout and training code only uses this interface. ``step`` executes one *primitive* action per env; the
+trainer and ``ogpo.rollout.evaluate`` use it with a per-env chunk queue (spec 2.9's loop, and its seeded random
+stream). ``step_chunk`` executes a whole action chunk (up to H primitive actions) per env in one call and
+reports every primitive step, for callers that act in whole chunks on all envs at once: for subprocess envs one
+round trip per chunk instead of one per action is what lets W workers run at nearly W times one env's rate
+(benchmarks/envs.py).
 """
 
 from __future__ import annotations
