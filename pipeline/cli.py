@@ -1,6 +1,6 @@
 """The ``ogpo`` console script: run the local stack, deploy, and pull versioned checkpoints.
 
-    ogpo serve [--workers N]      start Prefect server + cpu worker + SeaweedFS on 127.0.0.1
+    ogpo serve [--workers N] [--gpu-workers M]   Prefect server + workers + SeaweedFS on 127.0.0.1
     ogpo stop                     stop them (worker with SIGINT)
     ogpo status                   what is running, and where
     ogpo env                      the file to source for the Prefect CLI, dvc and ogpo pull
@@ -34,6 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         bucket=args.bucket,
         workers=args.workers,
+        gpu_workers=args.gpu_workers,
         deployments=not args.no_deploy,
         ui=not args.no_ui,
     )
@@ -87,7 +88,7 @@ def _deploy(args: argparse.Namespace) -> int:
         repo = Path(args.repo).resolve()
         stack = serve.Stack(home=serve.default_home(), repo=repo, prefect_port=0, s3_port=0, bucket="")
         serve.deploy(stack, {"PREFECT_API_URL": api})
-    print("work pools cpu (process) and gpu (docker) ready" + ("" if args.pools_only else "; deployments created"))
+    print("work pools cpu and gpu (process) ready" + ("" if args.pools_only else "; deployments created"))
     return 0
 
 
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-port", type=int, default=8333)
     s.add_argument("--bucket", default="ogpo")
     s.add_argument("--workers", type=int, default=1, help="number of cpu process workers")
+    s.add_argument("--gpu-workers", type=int, default=0, help="gpu pool workers (on a host with a GPU; fine-tuning)")
     s.add_argument("--no-deploy", action="store_true", help="do not create the prefect.yaml deployments")
     s.add_argument("--no-ui", action="store_true", help="serve the Prefect API without its web UI")
     s.set_defaults(fn=_serve)

@@ -58,8 +58,8 @@ _ENV_FILE_KEYS = ("OGPO_", "AWS_")
 def load_env_file() -> None:
     """Read ``OGPO_ENV_FILE`` (KEY=VALUE lines) into the environment without overriding what is set.
 
-    How a container (the gpu pool) gets the object-store secrets: a read-only mounted file, not job
-    variables, which Prefect stores in its database. Only OGPO_* and AWS_* keys are taken.
+    How a worker whose environment lacks the object-store secrets gets them: a (read-only, 0600) file, not
+    job variables, which Prefect stores in its database. Only OGPO_* and AWS_* keys are taken.
     """
     path = os.environ.get("OGPO_ENV_FILE")
     if not path or not os.path.isfile(path):

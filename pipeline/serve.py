@@ -5,10 +5,11 @@ with its own ``PREFECT_HOME`` under ``OGPO_HOME`` (default ``~/.ogpo``). S3 cred
 into ``credentials.env`` (mode 0600) and every variable a client needs goes into ``stack.env`` (0600, it
 holds the secret): ``set -a; . ~/.ogpo/stack.env; set +a`` and then ``prefect deployment run
 ogpo/full-pipeline`` works. It creates the bucket, the DVC remote ``s3`` of the checkout, the work pools
-``cpu`` (process) and ``gpu`` (docker, GPU device request), the deployments of ``prefect.yaml``, and an
-automation that puts a flow run whose worker died (no heartbeat) back in the queue so another worker
-retries it. ``ogpo stop`` stops them: the worker with SIGINT (it ignores SIGTERM for a long time), then the
-server and SeaweedFS with SIGTERM, SIGKILL only after a timeout.
+``cpu`` and ``gpu`` (both process pools; a ``gpu`` worker runs on a host with a GPU, started by ``ogpo serve
+--gpu-workers 1`` there or as the GPU image's container in docker/compose.yaml), the deployments of
+``prefect.yaml``, and an automation that puts a flow run whose worker died (no heartbeat) back in the queue
+so another worker retries it. ``ogpo stop`` stops them: the workers with SIGINT (they ignore SIGTERM for a long
+time), then the server and SeaweedFS with SIGTERM, SIGKILL only after a timeout.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ HOST = "127.0.0.1"
 DEFAULT_PREFECT_PORT = 4200
 DEFAULT_S3_PORT = 8333
 DEFAULT_BUCKET = "ogpo"
-GPU_IMAGE = "ogpo-worker:gpu"  # docker/build.sh --variant gpu
+POOLS = ("cpu", "gpu")  # work pools; fine-tuning goes to gpu when a worker is online there
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat period
 ZOMBIE_AFTER_S = 90  # no heartbeat for this long: the run's worker is gone
 ZOMBIE_AUTOMATION = "ogpo: requeue flow runs whose worker died"
@@ -269,39 +270,19 @@ def start_worker(stack: Stack, env: Mapping[str, str], index: int = 1, pool: str
     return _spawn(f"worker-{pool}-{index}", argv, wenv, stack.home, cwd=stack.home)
 
 
-def gpu_base_job_template(image: str = GPU_IMAGE) -> dict:
-    """Docker job template for the ``gpu`` pool: Prefect's docker template + a GPU device request variable."""
-    import prefect
-
-    views = Path(prefect.__file__).parent / "server/api/collections_data/views"
-    path = views / "aggregate-worker-metadata.json"
-    meta = json.loads(path.read_text())
-    tpl = json.loads(json.dumps(meta["prefect-docker"]["docker"]["default_base_job_configuration"]))
-    tpl["job_configuration"]["container_create_kwargs"] = "{{ container_create_kwargs }}"
-    props = tpl["variables"]["properties"]
-    props["container_create_kwargs"] = {
-        "title": "Container create kwargs",
-        "description": "Extra docker create arguments; the default requests every GPU of the host.",
-        "type": "object",
-        "default": {"device_requests": [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]},
-    }
-    props["image"]["default"] = image
-    props["network_mode"]["default"] = "host"
-    props["env"]["default"] = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DVC_NO_ANALYTICS": "1"}
-    return tpl
-
-
 def ensure_pools(api_url: str) -> None:
-    """Create (or update) the ``cpu`` process pool and the ``gpu`` docker pool."""
+    """Create (or update) the ``cpu`` and ``gpu`` process pools.
+
+    Why ``gpu`` is a process pool too: its worker is a process on the GPU host (the GPU image's container in
+    docker/compose.yaml, or ``ogpo serve --gpu-workers``) that owns the GPUs and runs flow runs in its own
+    environment, the same way on every host and with no Docker socket or extra worker package."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.workers.process import ProcessWorker
 
-    pools = [
-        WorkPoolCreate(name="cpu", type="process", base_job_template=ProcessWorker.get_default_base_job_template()),
-        WorkPoolCreate(name="gpu", type="docker", base_job_template=gpu_base_job_template()),
-    ]
+    template = ProcessWorker.get_default_base_job_template()
     with _client(api_url) as client:
-        for pool in pools:
+        for name in POOLS:
+            pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
             client.create_work_pool(pool, overwrite=True)
 
 
@@ -367,7 +348,6 @@ def ensure_zombie_automation(api_url: str) -> None:
 def deploy(stack: Stack, env: Mapping[str, str]) -> None:
     """``prefect --no-prompt deploy --all`` from the checkout (prefect.yaml), against this stack's server."""
     denv = base_env(stack.home) | dict(env)
-    denv.setdefault("OGPO_GPU_IMAGE", GPU_IMAGE)
     res = subprocess.run(
         [_bin("prefect"), "--no-prompt", "deploy", "--all"],
         cwd=stack.repo,
@@ -414,10 +394,13 @@ def serve(
     s3_port: int = DEFAULT_S3_PORT,
     bucket: str = DEFAULT_BUCKET,
     workers: int = 1,
+    gpu_workers: int = 0,
     deployments: bool = True,
     ui: bool = True,
 ) -> Stack:
     """Start the stack (idempotent: a running stack in ``home`` is an error, a stale record is replaced)."""
+    if workers < 0 or gpu_workers < 0:
+        raise ConfigError(f"worker counts must be >= 0, got --workers {workers} --gpu-workers {gpu_workers}")
     home = (home or default_home()).resolve()
     repo = repo.resolve()
     if not (repo / ".git").exists():
@@ -460,10 +443,11 @@ def serve(
         if deployments:
             deploy(stack, env)
             step("deployments from prefect.yaml created")
-        for i in range(1, workers + 1):
-            stack.procs[f"worker-cpu-{i}"] = start_worker(stack, env, i)
+        for pool, n in (("cpu", workers), ("gpu", gpu_workers)):
+            for i in range(1, n + 1):
+                stack.procs[f"worker-{pool}-{i}"] = start_worker(stack, env, i, pool=pool)
         _save(stack)
-        step(f"{workers} cpu worker(s) started")
+        step(f"{workers} cpu and {gpu_workers} gpu worker(s) started")
     except BaseException:
         stop(home, quiet=True)
         raise
