@@ -66,10 +66,13 @@ class ChunkStepResult:
 
 
 def check_chunk(actions: np.ndarray, lengths: np.ndarray | None, num_envs: int, act_dim: int, where: str):
-    """Validate ``step_chunk`` arguments; returns (actions float32 [N, h, act_dim], lengths int64 [N])."""
+    """Validate ``step_chunk`` arguments in the caller (a bad chunk never reaches a worker, so the vector env
+    stays usable); returns (actions float32 [N, h, act_dim], lengths int64 [N])."""
     a = np.asarray(actions, dtype=np.float32)
     if a.ndim != 3 or a.shape[0] != num_envs or a.shape[2] != act_dim or a.shape[1] < 1:
         raise ShapeError(f"{where}: action chunks must have shape [{num_envs}, h >= 1, {act_dim}], got {list(a.shape)}")
+    if not np.isfinite(a).all():
+        raise ShapeError(f"{where}: action chunks contain NaN or inf")
     h = a.shape[1]
     if lengths is None:
         n = np.full(num_envs, h, dtype=np.int64)

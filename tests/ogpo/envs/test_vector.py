@@ -106,6 +106,9 @@ def test_step_chunk_matches_single_envs_stops_at_episode_end_and_resets():
             env.step_chunk(chunks, np.array([5, 0]))
         with pytest.raises(ShapeError, match=r"\[2, h >= 1, 7\]"):
             env.step_chunk(chunks[:, :, :6])
+        with pytest.raises(ShapeError, match="NaN"):  # caught before any worker sees it
+            env.step_chunk(np.full((N, 1, 7), np.nan, np.float32))
+        assert env.step_chunk(chunks[:, :1]).steps.tolist() == [1, 1]  # still usable
     finally:
         env.close()
         for s in singles:
