@@ -6,11 +6,15 @@ alternating rounds so that background load hits all of them alike) and the ratio
 
     vector steps/s / (workers x raw single-env steps/s)      (target >= 0.8)
 
-for both ways of driving the vector env: ``step`` (one action per env per round trip, a per-step policy) and
-``step_chunk`` (an H-action chunk per env per round trip, a chunk policy called once per chunk). The trainer and
-ogpo.rollout.evaluate drive it per step (spec 2.9's per-env chunk queue, which keeps seeded results as they are).
+for three ways of driving the vector env: ``step`` (one action per env per round trip, a per-step policy);
+queued chunks, the path the trainer and ogpo.rollout.evaluate use (spec 2.9's per-env chunk queue calls a chunk
+policy once per chunk and commits the chunk with ``queue_chunks``; workers run ahead through it while ``step``
+still returns one action's results at a time, so seeded results are unchanged); and ``step_chunk`` (an H-action
+chunk per env per round trip). Workers are pinned to CPUs as the library does by default (when they fill the
+CPUs) unless ``--no-pin``.
 
-Usage: ``.venv/bin/python benchmarks/envs.py [--task lift] [--workers 2] [--H 4] [--steps 1000] [--rounds 4]``
+Usage: ``.venv/bin/python benchmarks/envs.py [--task lift] [--workers 2] [--H 4] [--steps 1000] [--rounds 4]
+[--no-pin]``
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch  # noqa: E402
 
 from ogpo.envs.robosuite import RobosuiteEnv, make_raw_env, task_spec  # noqa: E402
 from ogpo.envs.vector import make_vector_env  # noqa: E402
+from ogpo.rollout import ChunkQueue  # noqa: E402
 
 
 def raw_rate(task: str, steps: int, seed: int) -> tuple[float, float]:
@@ -83,25 +88,40 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def vector_rate(env, net: torch.nn.Module, steps: int, seed: int, chunked: bool) -> tuple[float, float, float]:
+MODES = {
+    "step": "step (per action)",
+    "queued": "queued chunks",
+    "chunk": "step_chunk",
+}
+
+
+def vector_rate(env, net: torch.nn.Module, steps: int, seed: int, mode: str) -> tuple[float, float, float]:
     """Vector env steps/s (counting every env's step), the policy's share of the wall time, and the CPU
-    seconds (workers + caller) spent per env step. ``chunked``: the policy returns H-action chunks run by
-    ``step_chunk``; otherwise one action per env per ``step``."""
+    seconds (workers + caller) spent per env step. Modes: ``step``, a per-step policy and one ``step`` per
+    action; ``queued``, the pipeline's path (a chunk policy through ogpo.rollout.ChunkQueue, which commits each
+    chunk with ``queue_chunks``, and one ``step`` per action); ``chunk``, a chunk policy and ``step_chunk``."""
     obs = env.reset(seed)
+    queue = ChunkQueue(env.num_envs, net[-1].unflattened_size[0], env.act_dim)
     n = 0
     t_policy = 0.0
+
+    def pol(o: np.ndarray) -> np.ndarray:
+        nonlocal t_policy
+        tp = time.perf_counter()
+        a = net(torch.from_numpy(o)).numpy()
+        t_policy += time.perf_counter() - tp
+        return a
+
     cpu0, own0 = _cpu_seconds(env.pids), time.process_time()
     t0 = time.perf_counter()
     with torch.inference_mode():
         while n < steps:
-            tp = time.perf_counter()
-            act = net(torch.from_numpy(obs)).numpy()
-            t_policy += time.perf_counter() - tp
-            if chunked:
-                res = env.step_chunk(act)
+            if mode == "chunk":
+                res = env.step_chunk(pol(obs))
                 n += int(res.steps.sum())
             else:
-                res = env.step(act[:, 0])
+                res = env.step(queue.next_actions(obs, pol, env) if mode == "queued" else pol(obs)[:, 0])
+                queue.clear(res.terminated | res.truncated)
                 n += env.num_envs
             obs = res.obs
     wall = time.perf_counter() - t0
@@ -117,25 +137,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000, help="env steps per measurement")
     ap.add_argument("--rounds", type=int, default=4, help="alternating rounds; the table shows medians")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-pin", action="store_true", help="let the scheduler move workers between CPUs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     spec = task_spec(args.task)
     W, H = args.workers, args.H
 
     t0 = time.perf_counter()
-    venv = make_vector_env(args.task, W, args.seed)
+    venv = make_vector_env(args.task, W, args.seed, pin_cpus=False if args.no_pin else None)
     startup = time.perf_counter() - t0
-    venv1 = make_vector_env(args.task, 1, args.seed)
+    venv1 = make_vector_env(args.task, 1, args.seed, pin_cpus=False if args.no_pin else None)
     step_net, chunk_net = policy(spec.obs_dim, spec.act_dim), policy(spec.obs_dim, spec.act_dim, H)
-    # rows: (label, env, net, chunked); the W-worker rows give the ratios
+    # rows: (label, env, net, mode); the W-worker rows give the ratios
     rows = [
-        ("vector env, 1 worker, step + MLP", venv1, step_net, False),
-        (f"vector env, {W} workers, step + MLP", venv, step_net, False),
-        (f"vector env, 1 worker, step_chunk H={H} + MLP", venv1, chunk_net, True),
-        (f"vector env, {W} workers, step_chunk H={H} + MLP", venv, chunk_net, True),
-    ]
-    for _, env, net, chunked in rows:  # warm-up (first steps JIT-compile robosuite's numba kernels)
-        vector_rate(env, net, 50 * env.num_envs, args.seed, chunked)
+        (f"vector env, {w} worker{'s' if w > 1 else ''}, {MODES[mode]}{'' if mode == 'step' else f' H={H}'} + MLP",
+         env, step_net if mode == "step" else chunk_net, mode)
+        for mode in MODES for w, env in ((1, venv1), (W, venv))
+    ]  # fmt: skip
+    for _, env, net, mode in rows:  # warm-up (first steps JIT-compile robosuite's numba kernels)
+        vector_rate(env, net, 50 * env.num_envs, args.seed, mode)
     raw_rate(args.task, 50, args.seed)
     raws, raw_cpus, wraps = [], [], []
     rates: dict[str, list[float]] = {r[0]: [] for r in rows}
@@ -149,12 +169,12 @@ def main() -> None:
             raws.append(rate)
             raw_cpus.append(cpu)
             wraps.append(wrapped_rate(args.task, args.steps, args.seed + r))
-            for label, env, net, chunked in rows:
+            for label, env, net, mode in rows:
                 steps = args.steps * env.num_envs // W
                 if env is venv:
                     rate, _ = raw_rate(args.task, args.steps // 2, args.seed + r)
                     raws.append(rate)
-                v, _, cpu = vector_rate(env, net, steps, args.seed + r, chunked)
+                v, _, cpu = vector_rate(env, net, steps, args.seed + r, mode)
                 rates[label].append(v)
                 cpus[label].append(cpu)
                 if env is venv:
@@ -176,11 +196,12 @@ def main() -> None:
     print(f"\nvector start-up {startup:.1f} s ({W} workers); wrapper / raw = {wrapped / raw:.2f}")
     print("ratio vector / (workers x raw): median over rounds of each round's ratio to the raw rate measured just "
           "before it (min-max); target >= 0.8")  # fmt: skip
-    for label, env, _, chunked in rows:
+    for label, env, _, mode in rows:
         if env is venv:
-            how = f"step_chunk (H={H})" if chunked else "step (per action)"
+            how = MODES[mode] + ("" if mode == "step" else f" (H={H})") + (" <- pipeline" if mode == "queued" else "")
             x = ratios[label]
-            print(f"  {how:<18} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, {len(x)} rounds)")
+            print(f"  {how:<32} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, {len(x)} rounds)")
+    print("workers pinned to CPUs: " + ("no (--no-pin)" if args.no_pin else "auto (when they fill the CPUs)"))
 
 
 if __name__ == "__main__":

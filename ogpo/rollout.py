@@ -24,11 +24,15 @@ class ChunkQueue:
         self.queue = np.zeros((num_envs, H, act_dim), dtype=np.float32)
         self.pos = np.full(num_envs, H)  # H = empty
 
-    def next_actions(self, obs: np.ndarray, policy: ChunkPolicy) -> np.ndarray:
+    def next_actions(self, obs: np.ndarray, policy: ChunkPolicy, env: VectorEnv | None = None) -> np.ndarray:
+        """This step's action per env, sampling new chunks (one batched policy call) where a queue is empty.
+        With ``env``, each new chunk is committed to it (``queue_chunks``) so its workers can run ahead."""
         need = self.pos >= self.H
         if need.any():
             self.queue[need] = policy(obs[need])
             self.pos[need] = 0
+            if env is not None:
+                env.queue_chunks(np.flatnonzero(need), self.queue[need])
         a = self.queue[np.arange(len(self.pos)), self.pos]
         self.pos += 1
         return a
@@ -61,7 +65,7 @@ def evaluate(env: VectorEnv, policy: ChunkPolicy, n_episodes: int, seed: int, H:
     q = ChunkQueue(N, H, env.act_dim)
     obs = env.reset(seed)
     while (done_count < quota).any():
-        res: StepResult = env.step(q.next_actions(obs, policy))
+        res: StepResult = env.step(q.next_actions(obs, policy, env))
         ret += res.reward
         length += 1
         ended = res.terminated | res.truncated

@@ -115,6 +115,7 @@ class OnlineTrainer:
         N = self.env.num_envs
         if self._obs is None:
             self._obs = self.env.reset(int(self.rng.integers(2**31)))
+            self._queue.clear(np.ones(N, dtype=bool))  # a chunk never carries over into a fresh episode
         policy = self._policy(cfg.rollout_mode)
         t_start = time.perf_counter() - self.wall_time
         last_log = self.env_steps
@@ -123,7 +124,7 @@ class OnlineTrainer:
         ep_len = np.zeros(N, dtype=np.int64)
         while self.env_steps < cfg.total_env_steps:
             obs = self._obs
-            actions = self._queue.next_actions(obs, policy)
+            actions = self._queue.next_actions(obs, policy, self.env)
             res = self.env.step(actions)
             for i in range(N):
                 self._traj[i].append((obs[i], actions[i], float(res.reward[i]), res.final_obs[i]))

@@ -2,10 +2,11 @@
 
 Rollout and training code only uses this interface. ``step`` executes one *primitive* action per env; the
 trainer and ``ogpo.rollout.evaluate`` use it with a per-env chunk queue (spec 2.9's loop, and its seeded random
-stream). ``step_chunk`` executes a whole action chunk (up to H primitive actions) per env in one call and
-reports every primitive step, for callers that act in whole chunks on all envs at once: for subprocess envs one
-round trip per chunk instead of one per action is what lets W workers run at nearly W times one env's rate
-(benchmarks/envs.py).
+stream) that announces each new chunk with ``queue_chunks``, so subprocess workers run ahead through it.
+``step_chunk`` executes a whole action chunk (up to H primitive actions) per env in one call and reports every
+primitive step, for callers that act in whole chunks on all envs at once. Either way a subprocess worker gets
+one message per chunk instead of one per action, which is what lets W workers run at nearly W times one env's
+rate (benchmarks/envs.py).
 """
 
 from __future__ import annotations
@@ -96,6 +97,11 @@ class VectorEnv(Protocol):
 
     def step(self, actions: np.ndarray) -> StepResult:
         """Step every env with actions [N, act_dim] in [-1, 1]; ended envs auto-reset with a fresh seed."""
+        ...
+
+    def queue_chunks(self, env_ids: np.ndarray, chunks: np.ndarray) -> None:
+        """Commit envs ``env_ids`` to run ``chunks`` [n, h, act_dim] as their next ``step`` actions (dropped at
+        episode end or ``reset``). ``step`` results are unchanged; a subprocess env starts running them at once."""
         ...
 
     def step_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> ChunkStepResult:

@@ -120,6 +120,9 @@ class PointGapEnv:
             final_obs=final_obs,
         )
 
+    def queue_chunks(self, env_ids: np.ndarray, chunks: np.ndarray) -> None:
+        """Nothing to run ahead: all envs step together in numpy, in the caller."""
+
     def step_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> ChunkStepResult:
         """Chunks [N, h, 2]: all envs move together, an env drops out at its length or its episode end."""
         a, lengths = check_chunk(actions, lengths, self.num_envs, self.act_dim, "toy env")

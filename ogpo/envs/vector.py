@@ -3,9 +3,15 @@
 Why subprocesses: one robosuite step costs 6-12 ms of Python (the OSC controller), so parallel workers are the
 main lever; the policy stays in the caller and is evaluated once per decision on the whole batch. Each worker
 owns one RobosuiteEnv and auto-resets it when its episode ends, so a step is a single round trip per worker.
-``step_chunk`` sends a whole action chunk (H actions) per round trip: the workers run H steps back to back,
-so the caller's policy call, the pipe latency and the wait for the slowest worker are paid once per chunk
-instead of once per step (benchmarks/envs.py measures both).
+Two ways to avoid paying the caller's policy call, the pipe latency and the wait for the slowest worker on
+every step (benchmarks/envs.py measures all three paths):
+- ``queue_chunks`` + ``step``: the per-step chunk queue of spec 2.9 (ogpo.rollout.ChunkQueue) commits each new
+  chunk; the worker runs through it and streams every step's result, while ``step`` keeps its per-step meaning.
+  Workers only wait at a decision point, so results, their order and the seeded random streams are exactly
+  those of plain per-step stepping. The trainer and evaluation use this path.
+- ``step_chunk``: a whole action chunk per env per round trip, for callers that act in whole chunks.
+Workers are pinned to CPUs round robin when they fill the machine (``pin_cpus``, default auto), which spares
+them the cache refills of constant migrations.
 
 Seeding: after ``reset(seed)`` env i runs episode k with seed ``seed + i + k * N``: every episode has its own
 seed, the stream is a pure function of (seed, N), and a failing env can be named with the seed that
@@ -102,14 +108,16 @@ def _worker_main(fd: int) -> None:
             try:
                 if cmd == "step":
                     action, next_seed = data
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    final_obs, final_state = obs, state()
-                    if terminated or truncated:
-                        obs = env.reset(next_seed)
-                        st = state()
-                    else:
-                        st = final_state
-                    conn.send(("ok", (obs, reward, terminated, truncated, info["success"], final_obs, st, final_state)))
+                    conn.send(("ok", _step_once(env, action, next_seed, state)))
+                elif cmd == "run":
+                    # a queued chunk: step through it, streaming each step's reply as soon as it exists, so the
+                    # worker never waits for the caller while it still has actions (stops at episode end)
+                    actions, next_seed = data
+                    for action in actions:
+                        reply = _step_once(env, action, next_seed, state)
+                        conn.send(("ok", reply))
+                        if reply[2] or reply[3]:
+                            break
                 elif cmd == "chunk":
                     actions, next_seed = data
                     conn.send(("ok", _run_chunk(env, actions, next_seed, state)))
@@ -131,6 +139,19 @@ def _worker_main(fd: int) -> None:
     finally:
         with contextlib.suppress(Exception):
             env.close()
+
+
+def _step_once(env, action: np.ndarray, next_seed: int, state) -> tuple:
+    """Worker side of one step (auto-reset with ``next_seed`` at episode end); the reply of ``step``/``run``:
+    (obs, reward, terminated, truncated, success, final_obs, state, final_state)."""
+    obs, reward, terminated, truncated, info = env.step(action)
+    final_obs, final_state = obs, state()
+    if terminated or truncated:
+        obs = env.reset(next_seed)
+        st = state()
+    else:
+        st = final_state
+    return obs, reward, terminated, truncated, info["success"], final_obs, st, final_state
 
 
 def _run_chunk(env, actions: np.ndarray, next_seed: int, state) -> tuple:
@@ -175,6 +196,34 @@ def _shutdown(procs: list[subprocess.Popen], conns: list[Connection]) -> None:
             c.close()
 
 
+def _allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+def _should_pin(pin_cpus: bool | None, num_envs: int) -> bool:
+    """``None`` (auto): pin when the workers fill every CPU the caller may use. Only then do they migrate
+    (together with the caller they oversubscribe the cores); with spare cores the scheduler keeps a waking
+    worker where it was, and pinning would only make concurrent jobs on a big machine share the first cores."""
+    cpus = _allowed_cpus()
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        return False
+    return num_envs >= len(cpus) if pin_cpus is None else bool(pin_cpus)
+
+
+def _pin_to_cpu(pid: int, i: int) -> None:
+    """Pin worker ``i`` to one CPU of the caller's allowed set (round robin).
+
+    Why: a worker sleeps in every round trip and the scheduler wakes it on whichever core is free, so on
+    oversubscribed cores unpinned workers keep migrating and refill their L1/L2 caches with MuJoCo's model and
+    data; pinned, a robosuite step costs about 15% less CPU and 2 workers on 2 cores run 20-40% faster
+    (benchmarks/envs.py --no-pin compares). The caller stays unpinned. Best effort: where affinity cannot be
+    set, workers simply float.
+    """
+    with contextlib.suppress(OSError):
+        cpus = _allowed_cpus()
+        os.sched_setaffinity(pid, {cpus[i % len(cpus)]})
+
+
 def _start_worker(python: str) -> tuple[subprocess.Popen, Connection]:
     parent, child = mp.Pipe(duplex=True)
     fd = child.fileno()
@@ -203,6 +252,7 @@ class RobosuiteVectorEnv:
         *,
         record_states: bool = False,
         python: str | None = None,
+        pin_cpus: bool | None = None,
         **env_kwargs: Any,
     ) -> None:
         self.spec = task_spec(task)
@@ -220,10 +270,17 @@ class RobosuiteVectorEnv:
         self._obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)  # last obs returned, per env
         self._conns: list[Connection] = []
         self._procs: list[subprocess.Popen] = []
+        # chunks queued with queue_chunks, per env: the actions (to check step() against) and how many of them
+        # step() has consumed; the worker runs ahead through them
+        self._plan: list[np.ndarray | None] = [None] * num_envs
+        self._plan_pos = np.zeros(num_envs, dtype=np.int64)
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        pin = _should_pin(pin_cpus, num_envs)
         try:
             for i in range(num_envs):
                 proc, conn = _start_worker(python or sys.executable)
+                if pin:
+                    _pin_to_cpu(proc.pid, i)
                 self._procs.append(proc)
                 self._conns.append(conn)
                 conn.send(("init", (task, dict(env_kwargs, seed=int(self.episode_seeds[i])), record_states)))
@@ -283,12 +340,69 @@ class RobosuiteVectorEnv:
     def reset(self, seed: int) -> np.ndarray:
         """Reset every env, env i with ``seed + i``; returns obs [N, obs_dim] float32."""
         self._check_open()
+        self._drain()
         self.seed = int(seed)
         self.episode_seeds = self.seed + np.arange(self.num_envs, dtype=np.int64)
         out = self._roundtrip([("reset", int(s)) for s in self.episode_seeds], "reset")
         self.last_states = np.stack([o[1] for o in out]) if self.record_states else None
         self._obs = np.stack([o[0] for o in out]).astype(np.float32, copy=False)
         return self._obs
+
+    def queue_chunks(self, env_ids: np.ndarray, chunks: np.ndarray) -> None:
+        """Commit envs ``env_ids`` to run ``chunks`` [n, h, act_dim] as their next actions; their workers start
+        right away and stream each step's result back.
+
+        Why: the per-step chunk queue of spec 2.9 knows every env's next h actions when it samples a chunk, so
+        a worker need not wait a round trip per action. ``step()`` keeps its meaning (one action per env per
+        call, same results, same order, so seeded runs are unchanged); it checks that a committed env's action
+        is the next queued one and collects the result the worker already computed. The rest of a chunk is
+        dropped at episode end, like the queue. ``reset()`` discards whatever is still queued.
+        """
+        self._check_open()
+        ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
+        a = np.asarray(chunks, dtype=np.float32)
+        where = f"task {self.task!r} queue_chunks"
+        if a.ndim != 3 or a.shape[0] != len(ids) or a.shape[2] != self.act_dim or a.shape[1] < 1:
+            raise ShapeError(
+                f"{where}: chunks must have shape [{len(ids)}, h >= 1, {self.act_dim}], got {list(a.shape)}"
+            )
+        if not np.isfinite(a).all():
+            raise ShapeError(f"{where}: chunks contain NaN or inf")
+        if ((ids < 0) | (ids >= self.num_envs)).any() or len(np.unique(ids)) != len(ids):
+            raise ShapeError(f"{where}: env_ids must be distinct integers in [0, {self.num_envs}), got {ids.tolist()}")
+        for i in ids:
+            if self._plan[i] is not None:
+                left = len(self._plan[i]) - int(self._plan_pos[i])
+                raise EnvError(f"{self._where(int(i))}: still has {left} queued actions; step them or reset()")
+        N = self.num_envs
+        for i, chunk in zip(ids.tolist(), a, strict=True):
+            try:
+                self._conns[i].send(("run", (chunk, int(self.episode_seeds[i] + N))))
+            except OSError:
+                self._died(i, "queue_chunks")
+            self._plan[i], self._plan_pos[i] = chunk, 0
+
+    def _consumed(self, i: int, ended: bool) -> None:
+        """Env i's queued chunk advanced by one step (the worker stops it at episode end)."""
+        self._plan_pos[i] += 1
+        if ended or self._plan_pos[i] >= len(self._plan[i]):
+            self._plan[i] = None
+
+    def _drain(self) -> None:
+        """Read and drop the replies of queued actions not yet stepped (before a reset)."""
+        for i in range(self.num_envs):
+            while self._plan[i] is not None:
+                try:
+                    reply = self._recv(i, "reset (dropping queued actions)")
+                except BaseException:
+                    self.close()
+                    raise
+                self._consumed(i, bool(reply[2] or reply[3]))
+
+    def _check_no_plan(self, what: str) -> None:
+        for i in range(self.num_envs):
+            if self._plan[i] is not None:
+                raise EnvError(f"{self._where(i)}: {what} while actions queued with queue_chunks are pending")
 
     def step(self, actions: np.ndarray) -> VectorStepResult:
         """Step all envs with actions [N, act_dim]; an env whose episode ended is reset (next seed)."""
@@ -300,7 +414,26 @@ class RobosuiteVectorEnv:
                 f"got {list(actions.shape)}"
             )
         N = self.num_envs
-        out = self._roundtrip([("step", (actions[i], int(self.episode_seeds[i] + N))) for i in range(N)], "step")
+        planned = [self._plan[i] is not None for i in range(N)]
+        for i in np.flatnonzero(planned):
+            if not np.array_equal(actions[i], self._plan[i][self._plan_pos[i]]):
+                raise EnvError(
+                    f"{self._where(int(i))}: step() action differs from the next action queued with queue_chunks "
+                    "(the worker has already run it); reset() to start over"
+                )
+        try:
+            for i in range(N):
+                if not planned[i]:
+                    try:
+                        self._conns[i].send(("step", (actions[i], int(self.episode_seeds[i] + N))))
+                    except OSError:
+                        self._died(i, "step")
+            out = [self._recv(i, "step") for i in range(N)]
+        except BaseException:
+            self.close()
+            raise
+        for i in np.flatnonzero(planned):
+            self._consumed(int(i), bool(out[i][2] or out[i][3]))
         terminated = np.array([o[2] for o in out], dtype=bool)
         truncated = np.array([o[3] for o in out], dtype=bool)
         seeds = self.episode_seeds.copy()
@@ -326,6 +459,7 @@ class RobosuiteVectorEnv:
         """Execute action chunks [N, h, act_dim], env i its first ``lengths[i]`` actions (default all h), in
         one round trip per worker; an env whose episode ends inside its chunk stops there and is reset."""
         self._check_open()
+        self._check_no_plan("step_chunk")
         actions, lengths = check_chunk(actions, lengths, self.num_envs, self.act_dim, f"task {self.task!r}")
         N, h = self.num_envs, actions.shape[1]
         msgs = [("chunk", (actions[i, : lengths[i]], int(self.episode_seeds[i] + N))) for i in range(N)]
@@ -358,6 +492,7 @@ class RobosuiteVectorEnv:
     def call(self, name: str, *args: Any, **kwargs: Any) -> list:
         """Call a RobosuiteEnv method in every worker (e.g. ``scene_info``, ``get_state``); list of results."""
         self._check_open()
+        self._check_no_plan(f"call {name}")
         return self._roundtrip([("call", (name, args, kwargs))] * self.num_envs, f"call {name}")
 
     @property
