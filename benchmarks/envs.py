@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -30,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ogpo.envs.robosuite import RobosuiteEnv, make_raw_env, task_spec  # noqa: E402
-from ogpo.envs.vector import make_vector_env  # noqa: E402
+from ogpo.envs.vector import _pin_to_cpu, _should_pin, make_vector_env  # noqa: E402
 from ogpo.rollout import ChunkQueue  # noqa: E402
 
 
@@ -50,6 +52,46 @@ def raw_rate(task: str, steps: int, seed: int) -> tuple[float, float]:
     rate = steps / (time.perf_counter() - t0)
     env.close()
     return rate, (time.process_time() - c0) / steps
+
+
+_CONCURRENT_CHILD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("bench_envs", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+task, steps, seed = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+mod.raw_rate(task, 50, seed)  # warm-up
+print("ready", flush=True)
+sys.stdin.readline()
+print(mod.raw_rate(task, steps, seed)[0], flush=True)
+"""
+
+
+def concurrent_raw_rate(task: str, steps: int, seed: int, workers: int, pin: bool) -> float:
+    """The machine's parallel ceiling: ``workers`` independent raw envs in separate processes started together
+    (pinned like the vector env's workers), summed steps/s. No IPC and no policy, so the gap between this and
+    workers x raw is what the hardware loses when its cores are busy at once (shared caches, a VM's vCPUs on
+    shared physical cores); the gap between the vector env and this is what the vector env itself costs."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_CHILD, __file__, task, str(steps), str(seed + i)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        for i in range(workers)
+    ]  # fmt: skip
+    try:
+        for i, proc in enumerate(procs):
+            if pin:
+                _pin_to_cpu(proc.pid, i)
+            assert proc.stdout.readline().strip() == "ready"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        return sum(float(proc.stdout.readline()) for proc in procs)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 def wrapped_rate(task: str, steps: int, seed: int) -> float:
@@ -157,28 +199,40 @@ def main() -> None:
     for _, env, net, mode in rows:  # warm-up (first steps JIT-compile robosuite's numba kernels)
         vector_rate(env, net, 50 * env.num_envs, args.seed, mode)
     raw_rate(args.task, 50, args.seed)
-    raws, raw_cpus, wraps = [], [], []
+    pin = _should_pin(False if args.no_pin else None, W)
+    raws, raw_cpus, wraps, ceilings, ceiling_ratios = [], [], [], [], []
     rates: dict[str, list[float]] = {r[0]: [] for r in rows}
     cpus: dict[str, list[float]] = {r[0]: [] for r in rows}
-    # per round, each W-worker row against a raw measurement taken right before it: the VM's speed drifts by
-    # +-20% over minutes, so a ratio of adjacent measurements is far less noisy than a ratio of medians
+    # per round, each W-worker row against the mean of raw measurements taken right before and right after it:
+    # the VM's speed drifts by +-20% over minutes, so a ratio of adjacent measurements is far less noisy than a
+    # ratio of medians
     ratios: dict[str, list[float]] = {r[0]: [] for r in rows if r[1] is venv}
+    to_ceiling: dict[str, list[float]] = {r[0]: [] for r in rows if r[1] is venv}
     try:
         for r in range(args.rounds):
             rate, cpu = raw_rate(args.task, args.steps, args.seed + r)
             raws.append(rate)
             raw_cpus.append(cpu)
             wraps.append(wrapped_rate(args.task, args.steps, args.seed + r))
-            for label, env, net, mode in rows:
-                steps = args.steps * env.num_envs // W
-                if env is venv:
-                    rate, _ = raw_rate(args.task, args.steps // 2, args.seed + r)
-                    raws.append(rate)
-                v, _, cpu = vector_rate(env, net, steps, args.seed + r, mode)
+            ceil0 = concurrent_raw_rate(args.task, args.steps // 2, args.seed + r, W, pin)
+            before, _ = raw_rate(args.task, args.steps // 2, args.seed + r)
+            raws.append(before)
+            ceiling_ratios.append(ceil0 / (W * before))
+            measured = []
+            for label, env, net, mode in sorted(rows, key=lambda row: row[1] is not venv):  # W-worker rows first
+                v, _, cpu = vector_rate(env, net, args.steps * env.num_envs // W, args.seed + r, mode)
                 rates[label].append(v)
                 cpus[label].append(cpu)
                 if env is venv:
-                    ratios[label].append(v / (W * rate))
+                    after, _ = raw_rate(args.task, args.steps // 2, args.seed + r)
+                    raws.append(after)
+                    ratios[label].append(v / (W * (before + after) / 2))
+                    measured.append((label, v))
+                    before = after
+            ceil1 = concurrent_raw_rate(args.task, args.steps // 2, args.seed + r, W, pin)
+            ceilings += [ceil0, ceil1]
+            for label, v in measured:
+                to_ceiling[label].append(v / ((ceil0 + ceil1) / 2))
     finally:
         venv.close()
         venv1.close()
@@ -190,17 +244,23 @@ def main() -> None:
     print(f"{'configuration':<46}{'steps/s':>9}{'per env':>9}{'CPU ms/step':>13}")
     print(f"{'raw robosuite env (1 process)':<46}{raw:>9.1f}{raw:>9.1f}{1e3 * raw_cpu:>13.2f}")
     print(f"{'RobosuiteEnv wrapper (1 process)':<46}{wrapped:>9.1f}{wrapped:>9.1f}")
+    ceiling = statistics.median(ceilings)
+    print(f"{f'raw robosuite env, {W} processes at once':<46}{ceiling:>9.1f}{ceiling / W:>9.1f}")
     for label, env, _, _ in rows:
         cpu = 1e3 * statistics.median(cpus[label])
         print(f"{label:<46}{med[label]:>9.1f}{med[label] / env.num_envs:>9.1f}{cpu:>13.2f}")
     print(f"\nvector start-up {startup:.1f} s ({W} workers); wrapper / raw = {wrapped / raw:.2f}")
-    print("ratio vector / (workers x raw): median over rounds of each round's ratio to the raw rate measured just "
-          "before it (min-max); target >= 0.8")  # fmt: skip
+    print("ratio vector / (workers x raw): median over rounds of each round's ratio to the mean raw rate measured "
+          "just before and after it (min-max); target >= 0.8")  # fmt: skip
+    x = ceiling_ratios
+    print(f"  {f'{W} raw processes at once':<32} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, "
+          f"{len(x)} rounds; the machine's ceiling)")  # fmt: skip
     for label, env, _, mode in rows:
         if env is venv:
             how = MODES[mode] + ("" if mode == "step" else f" (H={H})") + (" <- pipeline" if mode == "queued" else "")
-            x = ratios[label]
-            print(f"  {how:<32} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, {len(x)} rounds)")
+            x, y = ratios[label], to_ceiling[label]
+            print(f"  {how:<32} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, {len(x)} rounds)"
+                  f"   of the ceiling: {statistics.median(y):.2f} ({min(y):.2f}-{max(y):.2f})")  # fmt: skip
     print("workers pinned to CPUs: " + ("no (--no-pin)" if args.no_pin else "auto (when they fill the CPUs)"))
 
 
