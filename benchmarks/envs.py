@@ -206,7 +206,7 @@ def main() -> None:
     # per round, each W-worker row against the mean of raw measurements taken right before and right after it:
     # the VM's speed drifts by +-20% over minutes, so a ratio of adjacent measurements is far less noisy than a
     # ratio of medians
-    ratios: dict[str, list[float]] = {r[0]: [] for r in rows if r[1] is venv}
+    ratios: dict[str, list[float]] = {r[0]: [] for r in rows}
     to_ceiling: dict[str, list[float]] = {r[0]: [] for r in rows if r[1] is venv}
     try:
         for r in range(args.rounds):
@@ -229,6 +229,8 @@ def main() -> None:
                     ratios[label].append(v / (W * (before + after) / 2))
                     measured.append((label, v))
                     before = after
+                else:  # 1 worker: the caller has a core of its own (per-worker overhead without contention)
+                    ratios[label].append(v / before)
             ceil1 = concurrent_raw_rate(args.task, args.steps // 2, args.seed + r, W, pin)
             ceilings += [ceil0, ceil1]
             for label, v in measured:
@@ -261,6 +263,10 @@ def main() -> None:
             x, y = ratios[label], to_ceiling[label]
             print(f"  {how:<32} {statistics.median(x):.2f}  ({min(x):.2f}-{max(x):.2f}, {len(x)} rounds)"
                   f"   of the ceiling: {statistics.median(y):.2f} ({min(y):.2f}-{max(y):.2f})")  # fmt: skip
+    print(
+        "1 worker / raw (the caller on a core of its own): "
+        + ", ".join(f"{MODES[m]} {statistics.median(ratios[lab]):.2f}" for lab, e, _, m in rows if e is venv1)
+    )
     print("workers pinned to CPUs: " + ("no (--no-pin)" if args.no_pin else "auto (when they fill the CPUs)"))
 
 
