@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ogpo.envs.robosuite import RobosuiteEnv, make_raw_env, task_spec  # noqa: E402
-from ogpo.envs.vector import _pin_to_cpu, _should_pin, make_vector_env  # noqa: E402
+from ogpo.envs.vector import _allowed_cpus, _pin_to_cpu, _should_pin, make_vector_env  # noqa: E402
 from ogpo.rollout import ChunkQueue  # noqa: E402
 
 
@@ -72,6 +72,7 @@ def concurrent_raw_rate(task: str, steps: int, seed: int, workers: int, pin: boo
     (pinned like the vector env's workers), summed steps/s. No IPC and no policy, so the gap between this and
     workers x raw is what the hardware loses when its cores are busy at once (shared caches, a VM's vCPUs on
     shared physical cores); the gap between the vector env and this is what the vector env itself costs."""
+    cpus = _allowed_cpus() if pin else []
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CONCURRENT_CHILD, __file__, task, str(steps), str(seed + i)],
@@ -81,8 +82,8 @@ def concurrent_raw_rate(task: str, steps: int, seed: int, workers: int, pin: boo
     ]  # fmt: skip
     try:
         for i, proc in enumerate(procs):
-            if pin:
-                _pin_to_cpu(proc.pid, i)
+            if cpus:
+                _pin_to_cpu(proc.pid, cpus[i % len(cpus)])
             assert proc.stdout.readline().strip() == "ready"
         for proc in procs:
             proc.stdin.write("go\n")

@@ -210,8 +210,8 @@ def _should_pin(pin_cpus: bool | None, num_envs: int) -> bool:
     return num_envs >= len(cpus) if pin_cpus is None else bool(pin_cpus)
 
 
-def _pin_to_cpu(pid: int, i: int) -> None:
-    """Pin worker ``i`` to one CPU of the caller's allowed set (round robin).
+def _pin_to_cpu(pid: int, cpu: int) -> None:
+    """Pin a worker to ``cpu`` (the vector env hands out the caller's allowed CPUs round robin).
 
     Why: a worker sleeps in every round trip and the scheduler wakes it on whichever core is free, so on
     oversubscribed cores unpinned workers keep migrating and refill their L1/L2 caches with MuJoCo's model and
@@ -220,8 +220,7 @@ def _pin_to_cpu(pid: int, i: int) -> None:
     set, workers simply float.
     """
     with contextlib.suppress(OSError):
-        cpus = _allowed_cpus()
-        os.sched_setaffinity(pid, {cpus[i % len(cpus)]})
+        os.sched_setaffinity(pid, {cpu})
 
 
 def _start_worker(python: str) -> tuple[subprocess.Popen, Connection]:
@@ -275,12 +274,12 @@ class RobosuiteVectorEnv:
         self._plan: list[np.ndarray | None] = [None] * num_envs
         self._plan_pos = np.zeros(num_envs, dtype=np.int64)
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
-        pin = _should_pin(pin_cpus, num_envs)
+        cpus = _allowed_cpus() if _should_pin(pin_cpus, num_envs) else []
         try:
             for i in range(num_envs):
                 proc, conn = _start_worker(python or sys.executable)
-                if pin:
-                    _pin_to_cpu(proc.pid, i)
+                if cpus:
+                    _pin_to_cpu(proc.pid, cpus[i % len(cpus)])
                 self._procs.append(proc)
                 self._conns.append(conn)
                 conn.send(("init", (task, dict(env_kwargs, seed=int(self.episode_seeds[i])), record_states)))
@@ -360,14 +359,8 @@ class RobosuiteVectorEnv:
         """
         self._check_open()
         ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
-        a = np.asarray(chunks, dtype=np.float32)
         where = f"task {self.task!r} queue_chunks"
-        if a.ndim != 3 or a.shape[0] != len(ids) or a.shape[2] != self.act_dim or a.shape[1] < 1:
-            raise ShapeError(
-                f"{where}: chunks must have shape [{len(ids)}, h >= 1, {self.act_dim}], got {list(a.shape)}"
-            )
-        if not np.isfinite(a).all():
-            raise ShapeError(f"{where}: chunks contain NaN or inf")
+        a, _ = check_chunk(chunks, None, len(ids), self.act_dim, where)
         if ((ids < 0) | (ids >= self.num_envs)).any() or len(np.unique(ids)) != len(ids):
             raise ShapeError(f"{where}: env_ids must be distinct integers in [0, {self.num_envs}), got {ids.tolist()}")
         for i in ids:
