@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ogpo.agents.ogpo import OGPOAgent, OGPOConfig
+from ogpo.algos.ogpo import OGPOAgent, OGPOConfig
 from ogpo.critic import CriticConfig
 from ogpo.data.replay import SequenceBatch
 from ogpo.gcp import make_gcp
@@ -41,7 +41,7 @@ class Setting:
 
 SETTINGS = {
     "square": Setting("Square paper", 23, 7, 4, 10, 32, 256, 10, [512] * 4, [512] * 4),
-    "cpu": Setting("CPU profile (Lift)", 19, 7, 4, 5, 8, 128, 10, [256] * 2, [256] * 2, num_envs=2, ppo_batch=64),
+    "cpu": Setting("CPU profile (Lift)", 19, 7, 4, 5, 8, 128, 10, [256] * 2, [128] * 2, num_envs=2, ppo_batch=64),
 }
 
 
@@ -74,11 +74,11 @@ def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
         OGPOConfig(G=s.G, ppo_batch_size=s.ppo_batch or s.batch, batch_size=s.batch, best_of_n=s.best_of_n),
     )
     b, sb = batch(s, device, g), batch(s, device, g)
-    agent.update(b, sb)  # warm-up
+    agent.update_on(b, sb)  # warm-up
     sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
-        agent.update(b, sb)
+        agent.update_on(b, sb)
     sync(device)
     upd = (time.perf_counter() - t) / repeats
     obs = torch.randn(s.num_envs, s.obs_dim, device=device)

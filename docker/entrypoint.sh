@@ -7,7 +7,7 @@
 #
 # Required:
 #   OGPO_S3_BUCKET                                   bucket of the DVC remote
-#   OGPO_S3_ENDPOINT_URL | AWS_ENDPOINT_URL_S3 | AWS_ENDPOINT_URL
+#   OGPO_S3_ENDPOINT | AWS_ENDPOINT_URL_S3 | AWS_ENDPOINT_URL
 #                                                    S3 endpoint (SeaweedFS, or https://s3.<region>.amazonaws.com)
 #   AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY        credentials (or AWS_PROFILE with a mounted credentials file)
 #   PREFECT_API_URL                                  only for `prefect worker ...`
@@ -39,8 +39,8 @@ missing=""
 add() { missing="${missing:+$missing, }$1"; }
 
 [ -n "${OGPO_S3_BUCKET:-}" ] || add "OGPO_S3_BUCKET (bucket of the DVC remote)"
-if [ -z "${OGPO_S3_ENDPOINT_URL:-}${AWS_ENDPOINT_URL_S3:-}${AWS_ENDPOINT_URL:-}" ]; then
-	add "OGPO_S3_ENDPOINT_URL or AWS_ENDPOINT_URL (S3 endpoint)"
+if [ -z "${OGPO_S3_ENDPOINT:-}${AWS_ENDPOINT_URL_S3:-}${AWS_ENDPOINT_URL:-}" ]; then
+	add "OGPO_S3_ENDPOINT or AWS_ENDPOINT_URL (S3 endpoint)"
 fi
 if [ -n "${AWS_PROFILE:-}" ]; then
 	if [ -n "${AWS_ACCESS_KEY_ID:-}${AWS_SECRET_ACCESS_KEY:-}" ]; then

@@ -37,7 +37,7 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config: 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        flat = _unshared({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
         save_file(flat, str(tmp / WEIGHTS))
         cfg = dict(config)
         cfg["weights_sha256"] = file_sha256(tmp / WEIGHTS)
@@ -54,6 +54,19 @@ def save_checkpoint(path: str | Path, tensors: dict[str, torch.Tensor], config: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _unshared(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copies of tensors that share memory with an earlier one (safetensors refuses shared storage; an agent
+    whose EMA actor is its online actor, as QC's, stores the same weights under two names)."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -1
+        out[k] = v.clone() if ptr in seen else v
+        if ptr != -1:
+            seen.add(ptr)
+    return out
 
 
 def recover_checkpoint(path: str | Path) -> bool:

@@ -19,22 +19,28 @@ def _fan_avg_uniform_(w: torch.Tensor, fan_in: int, fan_out: int) -> None:
         w.uniform_(-limit, limit)
 
 
+def hidden_layers(
+    in_dim: int, hidden: list[int], layer_norm: bool = False, activation: type[nn.Module] = nn.GELU
+) -> list[nn.Module]:
+    """Linear (fan-avg uniform init, zero bias) -> [LayerNorm] -> activation, per hidden width."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for h in hidden:
+        lin = nn.Linear(d, h)
+        _fan_avg_uniform_(lin.weight, d, h)
+        nn.init.zeros_(lin.bias)
+        layers += [lin, *([nn.LayerNorm(h)] if layer_norm else []), activation()]
+        d = h
+    return layers
+
+
 class MLP(nn.Module):
     """Plain MLP: Linear -> [LayerNorm] -> GELU per hidden layer, linear output."""
 
     def __init__(self, in_dim: int, hidden: list[int], out_dim: int, layer_norm: bool = False) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        d = in_dim
-        for h in hidden:
-            lin = nn.Linear(d, h)
-            _fan_avg_uniform_(lin.weight, d, h)
-            nn.init.zeros_(lin.bias)
-            layers.append(lin)
-            if layer_norm:
-                layers.append(nn.LayerNorm(h))
-            layers.append(nn.GELU())
-            d = h
+        layers = hidden_layers(in_dim, hidden, layer_norm)
+        d = hidden[-1] if hidden else in_dim
         out = nn.Linear(d, out_dim)
         _fan_avg_uniform_(out.weight, d, out_dim)
         nn.init.zeros_(out.bias)

@@ -8,6 +8,7 @@ module from the config and never unpickles.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,18 @@ POLICY_FORMAT = "ogpo-policy/1"
 CRITIC_FORMAT = "ogpo-critic/1"
 
 
-def save_policy(path: str | Path, actor: GCP, target_actor: GCP, meta: dict[str, Any]) -> None:
+def save_policy(
+    path: str | Path,
+    actor: GCP,
+    target_actor: GCP,
+    meta: dict[str, Any],
+    deploy: dict[str, torch.nn.Module] | None = None,
+) -> None:
+    """Online and EMA actor plus, under ``deploy.<name>.``, the extra modules a deployed policy needs (DSRL's
+    noise actor); ``meta`` names the algorithm (``algo``, ``algo_config``) when a fine-tuning stage wrote it."""
     tensors = module_tensors("actor", actor) | module_tensors("target_actor", target_actor)
+    for name, mod in (deploy or {}).items():
+        tensors |= module_tensors(f"deploy.{name}", mod)
     config = {"format": POLICY_FORMAT, "gcp": dataclasses.asdict(actor.cfg), **meta}
     save_checkpoint(path, tensors, config)
 
@@ -55,6 +66,33 @@ def load_policy_dir(path: str | Path, which: str = "actor", device: str | torch.
     if which not in ("actor", "target_actor"):
         raise CheckpointError(f"which must be actor or target_actor, got {which!r}")
     return (actor if which == "actor" else target).eval()
+
+
+def load_deployed_policy(
+    path: str | Path, mode: str, device: str | torch.device = "cpu", generator: torch.Generator | None = None
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], GCP, dict[str, Any]]:
+    """(obs -> action chunks, the GCP, config) for evaluating a policy checkpoint.
+
+    mode "ode": the online actor, deterministic; "sde": the EMA actor, stochastic. A checkpoint written by an
+    algorithm whose deployed policy is more than its GCP (its registry entry has a ``deploy`` hook, e.g. DSRL's
+    noise actor feeding the frozen flow) is rebuilt through that hook instead.
+    """
+    path = Path(path)
+    tensors, config = load_checkpoint(path)
+    actor, target, _ = load_policy_pair(path, device)
+    gcp = (actor if mode == "ode" else target).eval()
+    algo = config.get("algo")
+    if algo is not None:
+        from ogpo.algos import get_algo
+
+        spec = get_algo(algo)
+        if spec.deploy is not None:
+            return spec.deploy(gcp, tensors, config, mode, generator), gcp, config
+
+    def fn(obs: torch.Tensor) -> torch.Tensor:
+        return gcp.sample(obs, deterministic=mode == "ode", generator=generator).actions
+
+    return fn, gcp, config
 
 
 def save_critic(path: str | Path, critic: CriticPair, meta: dict[str, Any]) -> None:

@@ -1,11 +1,16 @@
-"""The pipeline's HTML report: one self-contained file a researcher can open, archive and trust.
+"""The pipeline's HTML report for one run: one self-contained file a researcher can open, archive and trust.
 
 Two steps, so each can be tested alone: ``load_report_inputs`` reads and checks the artifacts the other
 stages wrote (a missing *required* file or any corrupt file is a ReportInputError naming it; a missing
 *optional* one becomes a note shown at the top of the report), and ``build_report`` turns the checked
-inputs into HTML. The report has no JavaScript and no external URL: plots are inline SVG, videos are
-base64 data URIs. Success intervals are recomputed from the episode counts (95% Wilson), so the numbers
-in the table are the ones this module can vouch for.
+inputs into HTML through the jinja2 template ``ogpo/templates/run.html.j2`` with matplotlib figures
+(``ogpo.plots``) inlined as SVG. The report has no JavaScript and no external URL: videos are base64 data
+URIs. Success intervals are recomputed from the episode counts (95% Wilson), so the numbers in the table
+are the ones this module can vouch for.
+
+This module knows the *formats* of the artifacts, not the pipeline: which stages exist, where their files
+live and what the params file is called are the caller's (``stages/report.py``) to say, through
+``ReportPaths`` and the arguments of ``load_report_inputs``.
 """
 
 from __future__ import annotations
@@ -18,16 +23,35 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
 from ogpo.errors import OGPOError
+from ogpo.plots import PALETTE, HLine, Interval, Series, interval_plot, line_plot
 from ogpo.stats import fisher_exact_less, steps_to_reach, wilson_interval
-from ogpo.svgplot import PALETTE, HLine, Interval, Series, format_percent, interval_plot, line_plot
+from ogpo.templating import fmt_duration, fmt_float, fmt_int, fmt_pct, markup, render
+
+__all__ = [
+    "Media",
+    "PolicyEval",
+    "ReportInputError",
+    "ReportInputs",
+    "ReportPaths",
+    "StageMetrics",
+    "build_report",
+    "curve_intervals",
+    "fmt_duration",
+    "fmt_float",
+    "fmt_int",
+    "fmt_pct",
+    "load_report_inputs",
+]
 
 LEARNING_CURVE_REQUIRED = ("env_steps", "success")
-# Diagnostics plotted when present: column -> (title, y label)
+# Curve columns that are not per-algorithm diagnostics (plotted elsewhere or counters)
+NOT_DIAGNOSTICS = ("env_steps", "success", "episodes", "rollout_success", "updates", "wall_time")
+# Titles for known diagnostics: column -> (title, y label); any other numeric column an algorithm logs
+# (its Agent.metric_names) is plotted under its own name
 DIAGNOSTICS = {
     "return": ("Episode return", "return"),
     "episode_length": ("Episode length", "steps"),
@@ -39,7 +63,6 @@ DIAGNOSTICS = {
     "adv_abs": ("Mean |advantage|", "|advantage|"),
     "q_mean": ("Mean Q", "Q"),
 }
-STAGES = ("ingest", "pretrain_bc", "fit_critic", "finetune", "evaluate")
 POLICIES = (("bc", "BC (start)"), ("finetuned", "Fine-tuned"))
 MEDIA_TYPES = {
     ".gif": "image/gif",
@@ -50,7 +73,7 @@ MEDIA_TYPES = {
     ".mp4": "video/mp4",
     ".webm": "video/webm",
 }
-BC_COLOR, FT_COLOR = PALETTE[1], PALETTE[0]
+BC_COLOR, FT_COLOR, FINAL_COLOR = PALETTE[1], PALETTE[0], PALETTE[2]
 
 
 class ReportInputError(OGPOError):
@@ -104,7 +127,7 @@ class ReportInputs:
     """Everything the report shows, already read and checked."""
 
     title: str
-    learning_curve: Table  # at least env_steps and success (NaN where no evaluation ran)
+    learning_curve: Table  # at least env_steps and success (NaN where no evaluation ran); optional episodes
     evals: dict[str, PolicyEval]  # "bc" and "finetuned"
     params_text: str
     git_rev: str
@@ -115,11 +138,19 @@ class ReportInputs:
     notes: list[str] = field(default_factory=list)  # missing optional inputs, skipped files
     generated_at: str | None = None  # ISO time; None = now (set it for byte-reproducible output)
     levels: tuple[float, ...] = (0.5, 0.8, 0.9)
+    # Episodes per periodic evaluation, for the learning curve's Wilson bands when the curve has no
+    # ``episodes`` column; None (and no column): no bands, and a note says so.
+    eval_episodes: int | None = None
+    params_label: str = "parameters"  # how the provenance section names the params file
 
 
 @dataclass(frozen=True)
 class ReportPaths:
-    """Where each input lives; the stage fills these in from the pipeline's artifact layout."""
+    """Where each input lives; the stage fills these in from the pipeline's artifact layout.
+
+    ``stage_metrics`` maps each stage to time (in the order shown) to its metrics JSON: the caller says which
+    stages the pipeline has. ``params`` is the run's parameter file, shown verbatim and hashed.
+    """
 
     learning_curve: Path
     eval_json: Path
@@ -267,13 +298,25 @@ def load_report_inputs(
     git_rev: str,
     max_videos: int = 4,
     max_video_bytes: int = 8 * 2**20,
+    eval_episodes: int | None = None,
+    eval_episodes_source: str = "the evaluation episode count",
 ) -> ReportInputs:
-    """Read and check every artifact. Required: learning curve, eval metrics, params file."""
+    """Read and check every artifact. Required: learning curve, eval metrics, params file.
+
+    ``eval_episodes`` is the number of episodes of each periodic evaluation (the caller reads it from its
+    config; ``eval_episodes_source`` names where, for the note when it is unknown). A curve ``episodes``
+    column, where present, wins.
+    """
     notes: list[str] = []
     curve = read_curve_csv(paths.learning_curve, LEARNING_CURVE_REQUIRED)
     _check_steps(paths.learning_curve, curve["env_steps"])
     if not any(math.isfinite(v) for v in curve["success"]):
         notes.append(f"{paths.learning_curve}: no periodic evaluation (success is empty in every row).")
+    elif "episodes" not in curve and eval_episodes is None:
+        notes.append(
+            f"{paths.learning_curve} has no 'episodes' column and {eval_episodes_source} is unknown: "
+            "the learning curve is drawn without Wilson intervals."
+        )
     evals = parse_eval(paths.eval_json, read_json(paths.eval_json))
     try:
         params_text = paths.params.read_text(encoding="utf-8")
@@ -318,43 +361,12 @@ def load_report_inputs(
         data_summary=summary,
         media=media,
         notes=notes,
+        eval_episodes=eval_episodes,
+        params_label=paths.params.name,
     )
 
 
-# ------------------------------------------------------------------------------------------ formatting
-
-
-def fmt_pct(p: float, digits: int = 1) -> str:
-    return f"{p * 100:.{digits}f}%"
-
-
-def fmt_int(v: float | None) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{round(v):,}"
-
-
-def fmt_float(v: float | None, digits: int = 1) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{v:,.{digits}f}"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """'4.2 s', '3 min 12 s', '1 h 02 min': precise enough to compare stages, short enough to scan."""
-    if seconds is None or not math.isfinite(seconds):
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, s = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {s:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    """An HTML table; cells are already-escaped HTML, header cells are escaped here."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    cls_attr = f' class="{cls}"' if cls else ""
-    return f"<table{cls_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+# ------------------------------------------------------------------------------------------ figures
 
 
 def _finite_pairs(x: list[float], y: list[float]) -> tuple[list[float], list[float]]:
@@ -362,10 +374,163 @@ def _finite_pairs(x: list[float], y: list[float]) -> tuple[list[float], list[flo
     return [x[i] for i in keep], [y[i] for i in keep]
 
 
-# ------------------------------------------------------------------------------------------ sections
+def curve_intervals(inp: ReportInputs) -> tuple[list[float], list[float], list[float], list[float], list[str]]:
+    """(steps, success, wilson low, wilson high, notes) of the evaluated rows of the learning curve.
+
+    The episode count of each evaluation is the curve's ``episodes`` column where it has one, else
+    ``inputs.eval_episodes``; without either, the bounds are NaN (no bands). A success that is not a whole
+    number of successes over that count (beyond the CSV's rounding) is a note: the interval then uses the
+    nearest count, and says so.
+    """
+    lc = inp.learning_curve
+    episodes = lc.get("episodes")
+    steps, success, low, high, notes = [], [], [], [], []
+    off = 0
+    for i, (step, s) in enumerate(zip(lc["env_steps"], lc["success"], strict=True)):
+        if not math.isfinite(s):
+            continue
+        n_raw = episodes[i] if episodes is not None and math.isfinite(episodes[i]) else inp.eval_episodes
+        steps.append(step)
+        success.append(s)
+        if n_raw is None or n_raw < 1 or not 0 <= s <= 1:
+            low.append(math.nan)
+            high.append(math.nan)
+            continue
+        n = round(n_raw)
+        k = round(s * n)
+        off += abs(k / n - s) > 1e-5
+        lo, hi = wilson_interval(k, n)
+        low.append(lo)
+        high.append(hi)
+    if off:
+        notes.append(
+            f"{off} learning-curve success value(s) are not a whole number of successes over the evaluation "
+            "episodes; their Wilson intervals use the nearest count."
+        )
+    return steps, success, low, high, notes
 
 
-def _summary_section(inp: ReportInputs) -> str:
+def _learning_plot(
+    inp: ReportInputs, steps: list[float], success: list[float], low: list[float], high: list[float]
+) -> str:
+    bc, ft = inp.evals["bc"], inp.evals["finetuned"]
+    bands = any(math.isfinite(v) for v in low)
+    series = [
+        Series(
+            "evaluation success (fine-tuning)" + (", 95% Wilson band" if bands else ""),
+            steps,
+            success,
+            FT_COLOR,
+            band=(low, high) if bands else None,
+        ),
+        Series(
+            f"BC policy at step 0 ({bc.successes}/{bc.n})",
+            [0.0],
+            [bc.success],
+            BC_COLOR,
+            errors=([bc.ci[0]], [bc.ci[1]]),
+            marker="D",
+        ),
+    ]
+    return line_plot(
+        series,
+        key="learning-curve",
+        title="Success vs environment steps",
+        x_label="online environment steps",
+        y_label="success rate",
+        hlines=[
+            HLine(bc.success, f"BC start {fmt_pct(bc.success, 0)} (95% CI band, n={bc.n})", BC_COLOR, bc.ci),
+            HLine(ft.success, f"final evaluation {fmt_pct(ft.success, 0)} (n={ft.n})", FINAL_COLOR),
+        ],
+        y_range=(0.0, 1.0),
+        percent=True,
+        size=(11.0, 4.0),
+    )
+
+
+def _reach_rows(inp: ReportInputs) -> list[list[str]]:
+    lc = inp.learning_curve
+    _, y = _finite_pairs(lc["env_steps"], lc["success"])
+    wall = lc.get("wall_time")
+    rows = []
+    for level in inp.levels:
+        step = steps_to_reach(lc["env_steps"], lc["success"], level)
+        if step is None:
+            rows.append([fmt_pct(level, 0), "not reached", f"best evaluation {fmt_pct(max(y)) if y else '—'}", "—"])
+            continue
+        i = next(
+            i for i, (s, v) in enumerate(zip(lc["env_steps"], lc["success"], strict=True)) if s == step and v >= level
+        )
+        wall_txt = fmt_duration(wall[i]) if wall else "—"
+        rows.append([fmt_pct(level, 0), fmt_int(step), f"{fmt_pct(lc['success'][i])} at that evaluation", wall_txt])
+    return rows
+
+
+def _bc_plots(inp: ReportInputs) -> list[str]:
+    if inp.bc_curve is None:
+        return []
+    bc = inp.bc_curve
+    x, y = _finite_pairs(bc["step"], bc["success"])
+    plots = [
+        line_plot(
+            [Series("evaluation success", x, y, BC_COLOR)],
+            key="bc-success",
+            title="BC pretraining: success vs gradient step",
+            x_label="BC gradient steps",
+            y_label="success rate",
+            y_range=(0.0, 1.0),
+            percent=True,
+            size=(5.6, 2.9),
+        )
+    ]
+    if "loss" in bc:
+        lx, ly = _finite_pairs(bc["step"], bc["loss"])
+        plots.append(
+            line_plot(
+                [Series("BC loss", lx, ly, PALETTE[4])],
+                key="bc-loss",
+                title="BC pretraining: loss",
+                x_label="BC gradient steps",
+                y_label="loss",
+                size=(5.6, 2.9),
+            )
+        )
+    return plots
+
+
+def _diagnostic_plots(inp: ReportInputs) -> list[str]:
+    lc = inp.learning_curve
+    plots = []
+    columns = [c for c in DIAGNOSTICS if c in lc] + [c for c in lc if c not in DIAGNOSTICS and c not in NOT_DIAGNOSTICS]
+    for i, col in enumerate(columns):
+        title, ylab = DIAGNOSTICS.get(col, (col.replace("_", " ").capitalize(), col))
+        if not any(math.isfinite(v) for v in lc[col]):
+            continue
+        x, y = _finite_pairs(lc["env_steps"], lc[col])
+        plots.append(
+            line_plot(
+                [Series(col, x, y, PALETTE[i % (len(PALETTE) - 1)], legend=False)],
+                key=f"diag-{i}",
+                title=title,
+                x_label="env steps",
+                y_label=ylab,
+                size=(4.4, 2.6),
+            )
+        )
+    return plots
+
+
+# ------------------------------------------------------------------------------------------ page
+
+
+def _data_hash(summary: dict[str, Any] | None) -> str:
+    """The dataset's content hash from the ingest summary (``content_sha256``; ``content_hash`` also read)."""
+    summary = summary or {}
+    return str(summary.get("content_sha256", summary.get("content_hash", "unknown")))
+
+
+def _context(inp: ReportInputs) -> dict[str, Any]:
+    """Everything ``run.html.j2`` shows, computed and formatted here (the template only lays it out)."""
     bc, ft = inp.evals["bc"], inp.evals["finetuned"]
     steps = [s for s in inp.learning_curve["env_steps"] if math.isfinite(s)]
     total_wall = sum(s.wall_time_s for s in inp.stages)
@@ -375,261 +540,92 @@ def _summary_section(inp: ReportInputs) -> str:
         ("Online env steps", fmt_int(max(steps)) if steps else "—", "fine-tuning interaction budget used"),
         ("Pipeline wall time", fmt_duration(total_wall) if inp.stages else "—", f"{len(inp.stages)} stages timed"),
     ]
-    card_html = "".join(
-        f'<div class="card"><div class="label">{escape(a)}</div><div class="value">{escape(b)}</div>'
-        f'<div class="sub">{escape(c)}</div></div>'
-        for a, b, c in cards
-    )
     # Improvement test: H1 = the BC rate is lower than the fine-tuned one (one-sided Fisher exact).
-    p_value = fisher_exact_less(ft.successes, ft.n, bc.successes, bc.n)
-    overlap = not (bc.ci[1] < ft.ci[0] or ft.ci[1] < bc.ci[0])
-    delta = (ft.success - bc.success) * 100
-    verdict = (
-        f"Fine-tuning changed success by <b>{delta:+.1f} percentage points</b> "
-        f"({bc.successes}/{bc.n} → {ft.successes}/{ft.n}); one-sided Fisher exact test that fine-tuning "
-        f"improved success: p = {p_value:.3g}. The 95% Wilson intervals "
-        f"<b>{'overlap' if overlap else 'do not overlap'}</b>."
-    )
-    return f'<section><div class="cards">{card_html}</div><p class="verdict">{verdict}</p></section>'
-
-
-def _notes_section(notes: list[str]) -> str:
-    if not notes:
-        return ""
-    items = "".join(f"<li>{escape(n)}</li>" for n in notes)
-    return f'<section class="notes"><h2>Notes on missing or skipped inputs</h2><ul>{items}</ul></section>'
-
-
-def _learning_section(inp: ReportInputs) -> str:
-    lc = inp.learning_curve
-    x, y = _finite_pairs(lc["env_steps"], lc["success"])
-    bc, ft = inp.evals["bc"], inp.evals["finetuned"]
-    plot = line_plot(
-        [Series("evaluation success (fine-tuning)", x, y, FT_COLOR)],
-        title="Success vs environment steps",
-        x_label="online environment steps",
-        y_label="success rate",
-        hlines=[
-            HLine(bc.success, f"BC start {fmt_pct(bc.success, 0)} (95% CI band, n={bc.n})", BC_COLOR, bc.ci),
-            HLine(ft.success, f"final evaluation {fmt_pct(ft.success, 0)} (n={ft.n})", PALETTE[2]),
-        ],
-        y_range=(0.0, 1.0),
-        y_format=format_percent,
-        width=1100,
-        height=400,
-    )
-    wall = lc.get("wall_time")
-    rows = []
-    for level in inp.levels:
-        step = steps_to_reach(lc["env_steps"], lc["success"], level)
-        if step is None:
-            best = max(y) if y else math.nan
-            rows.append([fmt_pct(level, 0), "not reached", f"best evaluation {fmt_pct(best) if y else '—'}", "—"])
-            continue
-        i = next(
-            i for i, (s, v) in enumerate(zip(lc["env_steps"], lc["success"], strict=True)) if s == step and v >= level
-        )
-        wall_txt = fmt_duration(wall[i]) if wall else "—"
-        rows.append([fmt_pct(level, 0), fmt_int(step), f"{fmt_pct(lc['success'][i])} at that evaluation", wall_txt])
-    reach = _table(["success level", "env steps to reach", "evaluated success", "fine-tune wall time"], rows)
-    n_evals = len(y)
-    return (
-        '<section id="learning"><h2>Fine-tuning learning curve</h2>'
-        f'<div class="figure">{plot}</div>'
-        f'<p class="caption">Periodic evaluation success ({n_evals} evaluations) against online environment '
-        "steps. The dashed orange line is the BC start with its 95% Wilson interval shaded; the green line "
-        "is the final evaluation on the fixed evaluation seeds.</p>"
-        "<h3>Environment steps to reach a success level</h3>"
-        f"{reach}"
-        '<p class="caption">First periodic evaluation at or above the level; single evaluations are noisy, '
-        "so treat these as indicative.</p></section>"
-    )
-
-
-def _comparison_section(inp: ReportInputs) -> str:
+    verdict = {
+        "delta": (ft.success - bc.success) * 100,
+        "p_value": fisher_exact_less(ft.successes, ft.n, bc.successes, bc.n),
+        "overlap": not (bc.ci[1] < ft.ci[0] or ft.ci[1] < bc.ci[0]),
+    }
+    c_steps, c_success, c_low, c_high, curve_notes = curve_intervals(inp)
+    episodes = sorted({round(v) for v in inp.learning_curve.get("episodes", []) if math.isfinite(v)})
+    if episodes:
+        episodes_text = f"{', '.join(map(str, episodes))} episodes (curve column 'episodes')"
+    else:
+        episodes_text = f"{inp.eval_episodes} evaluation episodes"
+    learning = {
+        "svg": markup(_learning_plot(inp, c_steps, c_success, c_low, c_high)),
+        "n_evals": len(c_steps),
+        "bands": any(math.isfinite(v) for v in c_low),
+        "episodes_text": episodes_text,
+        "reach": _reach_rows(inp),
+    }
     rows, intervals = [], []
     for (key, label), color in zip(POLICIES, (BC_COLOR, FT_COLOR), strict=True):
         e = inp.evals[key]
         lo, hi = e.ci
         rows.append(
-            [
-                escape(label),
-                f"<b>{fmt_pct(e.success)}</b>",
-                f"{fmt_pct(lo)} – {fmt_pct(hi)}",
-                f"{e.successes} / {e.n}",
-                fmt_float(e.mean_return, 2),
-                fmt_float(e.mean_length, 1),
-            ]
+            {
+                "label": label,
+                "success": e.success,
+                "low": lo,
+                "high": hi,
+                "successes": e.successes,
+                "n": e.n,
+                "mean_return": e.mean_return,
+                "mean_length": e.mean_length,
+            }
         )
         intervals.append(Interval(label, e.success, lo, hi, color))
-    table = _table(
-        ["policy", "success", "95% Wilson interval", "successes / episodes", "mean return", "mean episode length"],
-        rows,
-        "numeric",
-    )
-    plot = interval_plot(intervals, title="Final success with 95% Wilson intervals", x_label="success rate", width=1100)
-    return (
-        '<section id="comparison"><h2>BC vs fine-tuned</h2>'
-        f'{table}<div class="figure">{plot}</div>'
-        '<p class="caption">Both policies evaluated on the same fixed seeds. Intervals are recomputed here '
-        "from the episode counts.</p></section>"
-    )
-
-
-def _bc_section(inp: ReportInputs) -> str:
-    if inp.bc_curve is None:
-        return ""
-    bc = inp.bc_curve
-    x, y = _finite_pairs(bc["step"], bc["success"])
-    plots = [
-        line_plot(
-            [Series("evaluation success", x, y, BC_COLOR)],
-            title="BC pretraining: success vs gradient step",
-            x_label="BC gradient steps",
-            y_label="success rate",
-            y_range=(0.0, 1.0),
-            y_format=format_percent,
-            width=560,
-            height=280,
-        )
-    ]
-    if "loss" in bc:
-        lx, ly = _finite_pairs(bc["step"], bc["loss"])
-        plots.append(
-            line_plot(
-                [Series("BC loss", lx, ly, PALETTE[4])],
-                title="BC pretraining: loss",
-                x_label="BC gradient steps",
-                y_label="loss",
-                width=560,
-                height=280,
+    comparison = {
+        "rows": rows,
+        "svg": markup(
+            interval_plot(
+                {"": intervals},
+                key="bc-vs-finetuned",
+                title="Final success with 95% Wilson intervals",
+                x_label="success rate",
+                width=11.0,
             )
-        )
-    figures = "".join(f'<div class="figure">{p}</div>' for p in plots)
-    return (
-        '<section id="bc"><h2>BC pretraining</h2>'
-        f'<div class="grid2">{figures}</div>'
-        '<p class="caption">BC stops at the target success (a deliberately weak start) or its step limit.</p>'
-        "</section>"
-    )
-
-
-def _diagnostics_section(inp: ReportInputs) -> str:
-    lc = inp.learning_curve
-    plots = []
-    for i, (col, (title, ylab)) in enumerate(DIAGNOSTICS.items()):
-        if col not in lc or not any(math.isfinite(v) for v in lc[col]):
-            continue
-        x, y = _finite_pairs(lc["env_steps"], lc[col])
-        color = PALETTE[i % (len(PALETTE) - 1)]
-        plots.append(
-            line_plot([Series(col, x, y, color)], title=title, x_label="env steps", y_label=ylab, width=440, height=250)
-        )
-    if not plots:
-        return ""
-    figures = "".join(f'<div class="figure">{p}</div>' for p in plots)
-    return f'<section id="diagnostics"><h2>Training diagnostics</h2><div class="grid3">{figures}</div></section>'
-
-
-def _timing_section(inp: ReportInputs) -> str:
-    if not inp.stages:
-        return ""
-    rows = [
-        [
-            f"<code>{escape(s.stage)}</code>",
-            fmt_duration(s.wall_time_s),
-            fmt_int(s.env_steps),
-            fmt_float(s.env_steps_per_s),
-            fmt_int(s.updates),
-            fmt_float(s.updates_per_s, 2),
-        ]
-        for s in inp.stages
+        ),
+    }
+    media = [
+        {
+            "name": m.name,
+            "uri": f"data:{m.mime};base64,{base64.b64encode(m.data).decode('ascii')}",
+            "video": m.mime.startswith("video/"),
+        }
+        for m in inp.media
     ]
-    total = sum(s.wall_time_s for s in inp.stages)
-    rows.append(["<b>total</b>", f"<b>{fmt_duration(total)}</b>", "", "", "", ""])
-    table = _table(["stage", "wall time", "env steps", "env steps / s", "updates", "updates / s"], rows, "numeric")
-    return f'<section id="timing"><h2>Stage timings and throughput</h2>{table}</section>'
-
-
-def _media_section(inp: ReportInputs) -> str:
-    if not inp.media:
-        return (
-            '<section id="videos"><h2>Rollouts</h2><p class="caption">No rollout videos were available '
-            "(see the notes above).</p></section>"
-        )
-    items = []
-    for m in inp.media:
-        uri = f"data:{m.mime};base64,{base64.b64encode(m.data).decode('ascii')}"
-        name = escape(m.name)
-        if m.mime.startswith("video/"):
-            tag = f'<video src="{uri}" controls loop muted playsinline></video>'
-        else:
-            tag = f'<img src="{uri}" alt="rollout {name}">'
-        items.append(f"<figure>{tag}<figcaption>{name}</figcaption></figure>")
-    return f'<section id="videos"><h2>Rollouts</h2><div class="media">{"".join(items)}</div></section>'
-
-
-def _provenance_section(inp: ReportInputs) -> str:
     ds = inp.data_summary or {}
-    params_hash = hashlib.sha256(inp.params_text.encode("utf-8")).hexdigest()
     rate = ds.get("success_rate")
-    rows = [
-        ["git revision", f"<code>{escape(inp.git_rev)}</code>"],
-        [
-            "data content hash",
-            f"<code>{escape(str(ds.get('content_sha256', ds.get('content_hash', 'unknown'))))}</code>",
-        ],
-        ["demonstration episodes", escape(str(ds.get("episodes", "—")))],
-        ["demonstration success rate", fmt_pct(rate) if isinstance(rate, int | float) else "—"],
-        ["params.yaml sha256", f"<code>{params_hash}</code>"],
+    provenance = [
+        ("git revision", inp.git_rev, True),
+        ("data content hash", _data_hash(inp.data_summary), True),
+        ("demonstration episodes", str(ds.get("episodes", "—")), False),
+        ("demonstration success rate", fmt_pct(rate) if isinstance(rate, int | float) else "—", False),
+        (f"{inp.params_label} sha256", hashlib.sha256(inp.params_text.encode("utf-8")).hexdigest(), True),
     ]
-    table = _table(["item", "value"], rows, "kv")
-    return (
-        '<section id="provenance"><h2>Provenance and parameters</h2>'
-        f'{table}<h3>params.yaml</h3><pre class="params"><code>{escape(inp.params_text)}</code></pre></section>'
-    )
-
-
-CSS = """
-:root { color-scheme: light; }
-body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; color: #1d1d1f; background: #f6f7f9;
-       margin: 0; line-height: 1.45; }
-main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; }
-header h1 { margin: 0 0 4px; font-size: 26px; }
-header .meta { color: #555; font-size: 13px; }
-header code, td code { font-size: 12px; }
-section { background: #fff; border: 1px solid #e1e4e8; border-radius: 8px; padding: 16px 20px; margin: 16px 0; }
-h2 { font-size: 19px; margin: 0 0 12px; }
-h3 { font-size: 15px; margin: 18px 0 8px; }
-.cards { display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px; }
-.card { border: 1px solid #e1e4e8; border-radius: 6px; padding: 10px 14px; background: #fbfcfd; }
-.card .label { font-size: 12px; text-transform: uppercase; letter-spacing: .04em; color: #666; }
-.card .value { font-size: 28px; font-weight: 650; }
-.card .sub { font-size: 12px; color: #555; }
-.verdict { margin: 14px 0 0; }
-.notes { background: #fff8e6; border-color: #f0d48a; }
-.notes ul { margin: 0; padding-left: 20px; }
-table { border-collapse: collapse; width: 100%; font-size: 14px; }
-th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #e6e8eb; }
-th { background: #f0f2f5; font-weight: 600; }
-tbody tr:nth-child(even) { background: #fafbfc; }
-table.numeric td:not(:first-child), table.numeric th:not(:first-child) { text-align: right;
-  font-variant-numeric: tabular-nums; }
-table.kv td:first-child { width: 240px; color: #444; }
-.figure { margin: 10px 0; }
-svg.plot { display: block; max-width: 100%; height: auto; border: 1px solid #eceef1; border-radius: 4px; }
-.grid2 { display: grid; grid-template-columns: repeat(2, 1fr); gap: 12px; }
-.grid3 { display: grid; grid-template-columns: repeat(3, 1fr); gap: 10px; }
-.caption { color: #555; font-size: 13px; margin: 6px 0 0; }
-.media { display: flex; flex-wrap: wrap; gap: 14px; }
-.media figure { margin: 0; text-align: center; font-size: 12px; color: #555; }
-.media img, .media video { width: 256px; border: 1px solid #ddd; border-radius: 4px; }
-.media img { image-rendering: pixelated; }  /* renders are ~100 px: enlarge without blurring */
-pre.params { background: #f6f8fa; border: 1px solid #e1e4e8; border-radius: 6px; padding: 12px; overflow-x: auto;
-  font-size: 12.5px; max-height: 640px; }
-@media (max-width: 900px) { .cards, .grid2, .grid3 { grid-template-columns: 1fr; } }
-@media print { body { background: #fff; } section { break-inside: avoid; } }
-"""
+    return {
+        "title": inp.title,
+        "generated_at": inp.generated_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "notes": [*inp.notes, *curve_notes],
+        "git_rev": inp.git_rev,
+        "data_hash": _data_hash(inp.data_summary),
+        "cards": cards,
+        "bc": bc,
+        "ft": ft,
+        "verdict": verdict,
+        "learning": learning,
+        "comparison": comparison,
+        "bc_plots": [markup(s) for s in _bc_plots(inp)],
+        "diagnostics": [markup(s) for s in _diagnostic_plots(inp)],
+        "stages": inp.stages,
+        "total_wall": total_wall,
+        "media": media,
+        "provenance": provenance,
+        "params_label": inp.params_label,
+        "params_text": inp.params_text,
+    }
 
 
 def build_report(inputs: ReportInputs) -> str:
@@ -640,37 +636,4 @@ def build_report(inputs: ReportInputs) -> str:
     for col in LEARNING_CURVE_REQUIRED:
         if col not in inputs.learning_curve:
             raise ReportInputError(f"report inputs: learning curve has no column '{col}'")
-    generated = inputs.generated_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    data_hash = (inputs.data_summary or {}).get(
-        "content_sha256", (inputs.data_summary or {}).get("content_hash", "unknown")
-    )
-    meta = (
-        f"git <code>{escape(inputs.git_rev[:12])}</code> · data <code>{escape(str(data_hash)[:16])}</code> · "
-        f"generated {escape(generated)}"
-    )
-    body = "".join(
-        [
-            f'<header><h1>{escape(inputs.title)}</h1><div class="meta">{meta}</div></header>',
-            _summary_section(inputs),
-            _notes_section(inputs.notes),
-            _learning_section(inputs),
-            _comparison_section(inputs),
-            _bc_section(inputs),
-            _diagnostics_section(inputs),
-            _timing_section(inputs),
-            _media_section(inputs),
-            _provenance_section(inputs),
-        ]
-    )
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(inputs.title)}</title><style>{CSS}</style></head>"
-        f"<body><main>{body}</main></body></html>\n"
-    )
-
-
-def _data_hash(summary: dict[str, Any]) -> str:
-    """The dataset's content hash from the ingest summary (``content_sha256``; ``content_hash`` also read)."""
-    return str(summary.get("content_sha256", summary.get("content_hash", "unknown")))
+    return render("run.html.j2", **_context(inputs))

@@ -17,7 +17,8 @@ def optimizer_to_flat(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str
     tensors: dict[str, torch.Tensor] = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            tensors[f"{prefix}.state.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+            # a copy: the live moments keep changing, and a snapshot must not alias them
+            tensors[f"{prefix}.state.{pid}.{k}"] = v.detach().clone() if torch.is_tensor(v) else torch.tensor(v)
     return tensors, {"param_groups": sd["param_groups"]}
 
 

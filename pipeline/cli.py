@@ -1,11 +1,13 @@
 """The ``ogpo`` console script: run the local stack, deploy, and pull versioned checkpoints.
 
-    ogpo serve [--workers N] [--gpu-workers M]   Prefect server + workers + SeaweedFS on 127.0.0.1
-    ogpo stop                     stop them (worker with SIGINT)
+    ogpo serve [--workers N] [--gpu-workers M]   Prefect server + workers + SeaweedFS on 127.0.0.1, supervised
+    ogpo worker add [-n N] [--pool cpu|gpu]      add workers to the running stack
+    ogpo stop                     stop them (supervisor first, workers with SIGINT)
     ogpo status                   what is running, and where
     ogpo env                      the file to source for the Prefect CLI, dvc and ogpo pull
-    ogpo deploy                   work pools, requeue automation and prefect.yaml deployments
+    ogpo deploy                   work pools, requeue/retry automations and prefect.yaml deployments
     ogpo pull ARTIFACT --rev REV  fetch and verify a checkpoint at a git revision
+    ogpo algos                    the registered fine-tuning algorithms (finetune.algo), one per line
 
 Errors from the project (bad input, unreachable store, unknown revision) print one line, exit 1.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -37,12 +40,13 @@ def _serve(args: argparse.Namespace) -> int:
         gpu_workers=args.gpu_workers,
         deployments=not args.no_deploy,
         ui=not args.no_ui,
+        nightly=args.nightly,
     )
     ui = "" if args.no_ui else f"  (UI {stack.api_url.removesuffix('/api')})"
     print(f"Prefect API   {stack.api_url}{ui}")
     print(f"S3 endpoint   {stack.s3_endpoint}  (bucket {stack.bucket})")
     print(f"environment   {stack.env_file}  (0600; holds the S3 secret)")
-    print(f"logs          {stack.home / 'logs'}")
+    print(f"logs          {stack.home / 'logs'}  (worker restarts: supervisor.log)")
     print(f"next:         set -a; . {stack.env_file}; set +a")
     print("              prefect deployment run ogpo/full-pipeline --param profile=tiny --watch")
     return 0
@@ -60,17 +64,34 @@ def _status(args: argparse.Namespace) -> int:
     from pipeline import serve
 
     stack = serve.load(Path(args.home) if args.home else None)
+    if not any(p.alive() for p in stack.procs.values()):
+        print(f"no ogpo stack is running (the last one ran from {stack.home}); start one with `ogpo serve`")
+        return 3
     print(f"Prefect API {stack.api_url}; S3 {stack.s3_endpoint} bucket {stack.bucket}; repo {stack.repo}")
     for proc in stack.procs.values():
         print(f"{proc.name:20s} pid {proc.pid:<8d} {'running' if proc.alive() else 'stopped'}  log {proc.log}")
-    return 0 if stack.procs and all(p.alive() for p in stack.procs.values()) else 3
+    sup = stack.supervisor
+    if sup is not None:
+        what = "watching the workers" if sup.alive() else "stopped: dead workers are not restarted"
+        print(f"{sup.name:20s} pid {sup.pid:<8d} {what}  log {sup.log}")
+    return 0 if all(p.alive() for p in stack.procs.values()) else 3
+
+
+def _worker_add(args: argparse.Namespace) -> int:
+    from pipeline import serve
+
+    for proc in serve.add_workers(Path(args.home) if args.home else None, n=args.n, pool=args.pool):
+        print(f"{proc.name:20s} pid {proc.pid:<8d} started  log {proc.log}")
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:
     from pipeline import serve
 
     stack = serve.load(Path(args.home) if args.home else None)
-    print(f"set -a; . {stack.env_file}; set +a")
+    # the venv's bin first on PATH: prefect, dvc and ogpo of this install, whether or not the venv is active
+    venv_bin = shlex.quote(str(Path(sys.executable).parent))
+    print(f'set -a; . {shlex.quote(str(stack.env_file))}; set +a; export PATH={venv_bin}:"$PATH"')
     return 0
 
 
@@ -84,6 +105,7 @@ def _deploy(args: argparse.Namespace) -> int:
         raise OGPOError("OGPO_GIT_URL is not set: the git URL every worker clones (a git server for remote workers)")
     serve.ensure_pools(api)
     serve.ensure_zombie_automation(api)
+    serve.ensure_crash_automation(api)
     if not args.pools_only:
         repo = Path(args.repo).resolve()
         stack = serve.Stack(home=serve.default_home(), repo=repo, prefect_port=0, s3_port=0, bucket="")
@@ -103,6 +125,17 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _algos(args: argparse.Namespace) -> int:
+    from ogpo.algos import algorithms
+
+    specs = algorithms()
+    width = max(map(len, specs))
+    for name, spec in specs.items():
+        kinds = "/".join(spec.gcp_kinds)
+        print(f"{name:<{width}}  {spec.summary}" + (f" [{kinds} GCP only]" if len(spec.gcp_kinds) == 1 else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ogpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -113,15 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefect-port", type=int, default=4200)
     s.add_argument("--s3-port", type=int, default=8333)
     s.add_argument("--bucket", default="ogpo")
-    s.add_argument("--workers", type=int, default=1, help="number of cpu process workers")
+    s.add_argument("--workers", type=int, default=1, help="cpu process workers (supervised: restarted if they die)")
     s.add_argument("--gpu-workers", type=int, default=0, help="gpu pool workers (on a host with a GPU; fine-tuning)")
     s.add_argument("--no-deploy", action="store_true", help="do not create the prefect.yaml deployments")
     s.add_argument("--no-ui", action="store_true", help="serve the Prefect API without its web UI")
+    s.add_argument(
+        "--nightly", action="store_true", help="keep the nightly regression's 02:30 UTC schedule on (off by default)"
+    )
     s.set_defaults(fn=_serve)
+
+    s = sub.add_parser("worker", help="workers of the running local stack")
+    wsub = s.add_subparsers(dest="worker_cmd", required=True)
+    w = wsub.add_parser("add", help="start more workers in the running stack (supervised like the others)")
+    w.add_argument("--home")
+    w.add_argument("-n", "--count", dest="n", type=int, default=1, help="how many (default 1)")
+    w.add_argument("--pool", choices=("cpu", "gpu"), default="cpu", help="work pool (default cpu)")
+    w.set_defaults(fn=_worker_add)
 
     s = sub.add_parser("stop", help="stop the local stack")
     s.add_argument("--home")
-    s.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL")
+    s.add_argument("--timeout", type=float, default=30, help="seconds before SIGKILL (per process)")
     s.set_defaults(fn=_stop)
 
     s = sub.add_parser("status", help="show the local stack")
@@ -132,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--home")
     s.set_defaults(fn=_env)
 
-    s = sub.add_parser("deploy", help="create work pools, the requeue automation and the deployments")
+    s = sub.add_parser("deploy", help="create work pools, the requeue/retry automations and the deployments")
     s.add_argument("--repo", default=".")
     s.add_argument("--pools-only", action="store_true")
     s.set_defaults(fn=_deploy)
@@ -143,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="destination directory (default pulled/<sha12>/<path>)")
     s.add_argument("--repo", help="git URL or checkout (default $OGPO_GIT_URL or the current checkout)")
     s.set_defaults(fn=_pull)
+
+    s = sub.add_parser("algos", help="list the registered fine-tuning algorithms (finetune.algo)")
+    s.set_defaults(fn=_algos)
     return p
 
 

@@ -32,11 +32,12 @@ def push_uncached(stage_name: str, remote: str | None = None) -> int:
                     out.hash_info.name = out.hash_info.name or "md5"
                     objs.add(out.hash_info)
                     if out.hash_info.isdir:
-                        # a directory's entries are objects too: commit made them, push them with the tree
-                        from dvc_data.hashfile.tree import Tree
-
-                        tree = Tree.load(repo.cache.local, out.hash_info)
-                        objs.update(hash_info for _key, _meta, hash_info in tree)
+                        # DVC's run-cache commits an uncached directory's tree object (into the legacy cache)
+                        # but not its files, so no worker could restore it from a run-cache hit: refuse it.
+                        raise RuntimeError(
+                            f"{stage_name}: output {out.def_path} is a directory with cache: false; the run-cache "
+                            "cannot restore it on another worker. Declare it cached in dvc.yaml."
+                        )
         if not objs:
             return 0
         result = repo.cloud.push(objs, remote=remote)

@@ -1,8 +1,7 @@
-"""The Prefect flow ``ogpo``: the DVC pipeline on workers, the nightly regression, and single remote stages.
+"""The Prefect flows: one per use, all named ``ogpo`` so that every deployment is ``ogpo/<name>`` (``prefect.yaml``),
+sharing one scheduler (``run_pipeline``) and the stage tasks of ``pipeline/tasks.py``:
 
-One flow, three modes, so that every deployment is ``ogpo/<name>`` (``prefect.yaml``):
-
-- ``pipeline`` (deployment ``ogpo/full-pipeline``): resolve the revision, read the stage graph, and run
+- ``full_pipeline`` (deployment ``ogpo/full-pipeline``): resolve the revision, read the stage graph, and run
   each DVC stage as a task as soon as its upstream stages are done (independent stages and per-seed
   ``foreach`` entries in parallel). Fine-tuning goes to the ``gpu`` work pool when a GPU worker is online
   (``finetune_pool="auto"``), else runs here on the ``cpu`` pool. Optionally commits the resulting
@@ -11,18 +10,24 @@ One flow, three modes, so that every deployment is ``ogpo/<name>`` (``prefect.ya
   and everything downstream) out over the seeds in parallel, sharing one run of the upstream stages; each
   seed gets its own result branch ``<result_branch>/seed-<N>``. A re-run with nothing changed is one
   restore-only probe of the run-cache and no stage task.
-- ``regression`` (deployment ``ogpo/nightly-regression``): runs the pipeline up to ``evaluate`` at the
+- ``nightly_regression`` (deployment ``ogpo/nightly-regression``): runs the pipeline up to ``evaluate`` at the
   pinned ``baseline_rev`` and at ``rev``, compares success with a one-sided exact test at ``alpha``, writes
   a report artifact, and ends Failed on a regression.
-- ``stage`` (deployment ``ogpo/stage-gpu``): runs the one stage in ``targets`` (used by ``pipeline``).
+- ``study`` (deployment ``ogpo/study``): the stages of ``studies/<study>/dvc.yaml`` (check, the shared start,
+  one stage per (algorithm, seed), aggregate), the runs in parallel over the workers of both pools.
+- ``stage`` (deployment ``ogpo/stage-gpu``): runs the one stage in ``targets`` (what the others submit to the
+  gpu pool).
 
 Parameters are typed, so a bad deployment run is rejected by the server's schema check before any worker
-starts (``enforce_parameter_schema``), and again by pydantic when the flow starts.
+starts (``enforce_parameter_schema``), and again by pydantic when the flow starts. Every scheduler loop logs
+the stages done / running / left with an ETA at the rate so far.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Annotated, Any, Literal
 
 from prefect import flow, get_run_logger
@@ -38,14 +43,19 @@ from pipeline.tasks import StageResult, StageSpec, plan_pipeline, publish_lock, 
 GPU_POOL = "gpu"
 GPU_STAGE_DEPLOYMENT = "ogpo/stage-gpu"
 GPU_STAGES = ("finetune",)
+STUDY_RUN_STAGE = "run"
 
-Mode = Literal["pipeline", "regression", "stage"]
 Profile = Literal["tiny", "cpu", "square", "transport", "tool_hang"]
 Pool = Literal["auto", "cpu", "gpu"]
 # A git revision (sha, tag, branch): no whitespace, no leading '-' (never an option to git).
 GitRev = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,199}$")]
 BranchName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,99}$")]
 StageName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*(@[A-Za-z0-9_.\-]+)?$")]
+# A stage of the root dvc.yaml, or of a study's (``studies/<name>/dvc.yaml:run@ogpo+ca-0``)
+StageTarget = Annotated[
+    str,
+    Field(pattern=r"^(studies/[a-z0-9][a-z0-9_\-]{0,63}/dvc\.yaml:)?[A-Za-z_][A-Za-z0-9_\-]*(@[A-Za-z0-9_.+\-]+)?$"),
+]
 ParamKey = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)+$")]
 RelPath = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]*$")]
 Alpha = Annotated[float, Field(gt=0.0, lt=0.5)]
@@ -91,8 +101,15 @@ def _gpu_online() -> bool:
     return str(getattr(status, "value", status)).upper() == "READY" and not pool.is_paused
 
 
+def is_finetune_stage(stage: str) -> bool:
+    """The root pipeline's ``finetune`` (or a seed entry of it) and a study's per-(algo, seed) ``run`` stages."""
+    path, _, name = stage.rpartition(":")
+    name = name.split("@")[0]
+    return name in GPU_STAGES or (path.startswith("studies/") and name == STUDY_RUN_STAGE)
+
+
 def _pool_for(stage: str, finetune_pool: str, gpu_online: bool) -> str:
-    if stage.split("@")[0] not in GPU_STAGES:
+    if not is_finetune_stage(stage):
         return "cpu"
     if finetune_pool == "auto":
         return "gpu" if gpu_online else "cpu"
@@ -157,10 +174,11 @@ def run_pipeline(
             node_key = run_key if seed is None else f"{run_key}-seed{seed}"
             nodes[key] = StageSpec(repo_url, sha, stage, node_key, profile, node_overrides, collect.get(stage, []), key)
             deps[key] = [u if u not in per_seed else f"{u}#seed{seed}" for u in graph[stage] if u in wanted]
-    gpu_online = finetune_pool != "cpu" and any(s.split("@")[0] in GPU_STAGES for s in order) and _gpu_online()
+    gpu_online = finetune_pool != "cpu" and any(is_finetune_stage(s) for s in order) and _gpu_online()
     if finetune_pool == "gpu" and not gpu_online:
         logger.warning("finetune_pool='gpu' but no GPU worker is online: the run waits for one")
     results: dict[str, StageResult] = {}
+    t0 = time.monotonic()
     running: dict[Any, str] = {}
     failed: list[str] = []
     waiting = list(nodes)
@@ -183,12 +201,20 @@ def run_pipeline(
         except Exception as e:
             failed.append(key)
             logger.error("stage %s failed: %s", key, storage.redact(str(e)))
+        logger.info(progress_line(len(results), len(running), len(waiting), time.monotonic() - t0, len(nodes)))
     if failed:
         raise workspace.StageError(
             f"stage(s) {', '.join(failed)} failed at {sha[:12]}"
             + (f"; not run: {', '.join(waiting)}" if waiting else "")
         )
     return sha, results
+
+
+def progress_line(done: int, running: int, waiting: int, elapsed_s: float, total: int) -> str:
+    """'stages: 3 done, 2 running, 5 left of 10; 40 s elapsed, ETA ~2 min' (ETA: the rate so far, done per second)."""
+    left = running + waiting
+    eta = f", ETA ~{elapsed_s / done * left / 60:.0f} min at the rate so far" if done and left else ""
+    return f"stages: {done} done, {running} running, {waiting} left of {total}; {elapsed_s:.0f} s elapsed{eta}"
 
 
 def _summary_markdown(sha: str, rev: str, profile: str | None, results: dict[str, StageResult], extra: str) -> str:
@@ -202,15 +228,29 @@ def _summary_markdown(sha: str, rev: str, profile: str | None, results: dict[str
     )
 
 
-@flow(
-    name="ogpo",
+FLOW_OPTIONS = dict(
+    name="ogpo",  # every deployment is ogpo/<name> (prefect.yaml), whichever flow function it runs
     task_runner=ThreadPoolTaskRunner(max_workers=int(os.environ.get("OGPO_MAX_PARALLEL", "4"))),
     validate_parameters=True,
     retries=0,
     log_prints=True,
 )
-def ogpo(
-    mode: Mode = "pipeline",
+RunKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{8,64}$")]
+Seeds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=64)]
+StudyName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
+
+
+def _start(repo_url: str | None, run_key: str | None) -> tuple[str, str]:
+    """What every flow does first: the worker's env file, the object store checked, the repo and run key."""
+    from prefect.runtime import flow_run
+
+    load_env_file()
+    storage.settings_from_env()  # fail fast with one clear line if the object store is not configured
+    return _repo_url(repo_url), run_key or str(flow_run.get_id() or "local").replace("-", "")
+
+
+@flow(**FLOW_OPTIONS)
+def full_pipeline(
     rev: GitRev = "HEAD",
     profile: Profile | None = None,
     targets: list[StageName] | None = None,
@@ -218,65 +258,134 @@ def ogpo(
     finetune_pool: Pool = "auto",
     result_branch: BranchName | None = None,
     repo_url: str | None = None,
-    baseline_rev: GitRev | None = None,
+    run_key: RunKey | None = None,
+    seeds: Seeds | None = None,
+    seed_param: ParamKey = "finetune.seed",
+) -> dict[str, Any]:
+    """Deployment ``ogpo/full-pipeline``: the DVC pipeline at ``rev`` on the workers (module docstring)."""
+    logger = get_run_logger()
+    url, key = _start(repo_url, run_key)
+    overrides = dict(overrides or {})
+    sha, results = run_pipeline(url, rev, profile, overrides, targets, finetune_pool, key, None, seeds, seed_param)
+    published: dict[str, str] = {}
+    if result_branch:
+        for seed in seeds or [None]:
+            # one commit per seed: params.yaml with that seed and the lock of its stages + the shared ones
+            suffix = "" if seed is None else f"#seed{seed}"
+            branch = result_branch if seed is None else f"{result_branch}/seed-{seed}"
+            over = overrides if seed is None else {**overrides, seed_param: seed}
+            locks = {r.stage: r.lock for k, r in results.items() if "#" not in k or k.endswith(suffix)}
+            msg = f"ogpo results for {sha[:12]} (profile {profile or 'params.yaml'}, flow run {key[:12]})"
+            published[branch] = publish_lock(url, sha, profile, over, locks, branch, key, msg)
+    extra = "".join(
+        f"Results committed as `{c[:12]}` on branch `{b}`: `ogpo pull models/finetuned --rev {b}`\n\n"
+        for b, c in published.items()
+    )
+    create_markdown_artifact(_summary_markdown(sha, rev, profile, results, extra), key="ogpo-pipeline")
+    ran = sorted(k for k, r in results.items() if r.stage in r.ran)
+    logger.info("pipeline at %s done: %d stage runs, ran %s", sha[:12], len(results), ran or "none")
+    return {"sha": sha, "ran": ran, "published": published, "stages": {k: v.__dict__ for k, v in results.items()}}
+
+
+@flow(**FLOW_OPTIONS)
+def nightly_regression(
+    rev: GitRev = "main",
+    baseline_rev: GitRev = "regression-baseline",
     alpha: Alpha = 0.05,
+    profile: Profile | None = None,
+    overrides: dict[ParamKey, Scalar] | None = None,
+    finetune_pool: Pool = "auto",
+    repo_url: str | None = None,
+    run_key: RunKey | None = None,
     regression_stage: StageName = "evaluate",
     regression_metrics: RelPath = "metrics/eval.json",
     regression_policy: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")] = "finetuned",
-    run_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]{8,64}$")] | None = None,
-    collect: list[RelPath] | None = None,
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=64)] | None = None,
-    seed_param: ParamKey = "finetune.seed",
 ) -> dict[str, Any]:
-    """Run the OGPO DVC pipeline on workers (see the module docstring for the modes)."""
-    from prefect.runtime import flow_run
-
-    logger = get_run_logger()
-    load_env_file()
-    storage.settings_from_env()  # fail fast with one clear line if the object store is not configured
-    url = _repo_url(repo_url)
-    overrides = dict(overrides or {})
-    key = run_key or str(flow_run.get_id() or "local").replace("-", "")
-    if mode == "stage":
-        if not targets or len(targets) != 1:
-            raise ConfigError(f"mode='stage' needs exactly one stage in targets, got {targets!r}")
-        res = run_stage(StageSpec(url, rev, targets[0], key, profile, overrides, list(collect or [])))
-        return {"sha": res.sha, "stages": {res.stage: res.__dict__}}
-    if mode == "pipeline":
-        sha, results = run_pipeline(url, rev, profile, overrides, targets, finetune_pool, key, None, seeds, seed_param)
-        published: dict[str, str] = {}
-        if result_branch:
-            for seed in seeds or [None]:
-                # one commit per seed: params.yaml with that seed and the lock of its stages + the shared ones
-                suffix = "" if seed is None else f"#seed{seed}"
-                branch = result_branch if seed is None else f"{result_branch}/seed-{seed}"
-                over = overrides if seed is None else {**overrides, seed_param: seed}
-                locks = {r.stage: r.lock for k, r in results.items() if "#" not in k or k.endswith(suffix)}
-                msg = f"ogpo results for {sha[:12]} (profile {profile or 'params.yaml'}, flow run {key[:12]})"
-                published[branch] = publish_lock(url, sha, profile, over, locks, branch, key, msg)
-        extra = "".join(
-            f"Results committed as `{c[:12]}` on branch `{b}`: `ogpo pull models/finetuned --rev {b}`\n\n"
-            for b, c in published.items()
-        )
-        create_markdown_artifact(_summary_markdown(sha, rev, profile, results, extra), key="ogpo-pipeline")
-        ran = sorted(k for k, r in results.items() if r.stage in r.ran)
-        logger.info("pipeline at %s done: %d stage runs, ran %s", sha[:12], len(results), ran or "none")
-        return {"sha": sha, "ran": ran, "published": published, "stages": {k: v.__dict__ for k, v in results.items()}}
-    # mode == "regression"
+    """Deployment ``ogpo/nightly-regression``: the pinned revision against ``rev`` (pipeline/regression.py)."""
     from pipeline.regression import run_regression
 
-    if not baseline_rev:
-        raise ConfigError("mode='regression' needs baseline_rev (the pinned revision to compare against)")
+    url, key = _start(repo_url, run_key)
     return run_regression(
-        url,
-        baseline_rev,
-        rev,
-        profile,
-        overrides,
-        finetune_pool,
-        key,
-        alpha,
-        regression_stage,
-        regression_metrics,
-        regression_policy,
+        url, baseline_rev, rev, profile, dict(overrides or {}), finetune_pool, key, alpha, regression_stage,
+        regression_metrics, regression_policy,
+    )  # fmt: skip
+
+
+@flow(**FLOW_OPTIONS)
+def stage(
+    rev: GitRev,
+    targets: list[StageTarget],
+    profile: Profile | None = None,
+    overrides: dict[ParamKey, Scalar] | None = None,
+    repo_url: str | None = None,
+    run_key: RunKey | None = None,
+    collect: list[RelPath] | None = None,
+) -> dict[str, Any]:
+    """Deployment ``ogpo/stage-gpu``: the one stage in ``targets`` here (what the other flows submit to a pool)."""
+    url, key = _start(repo_url, run_key)
+    if len(targets) != 1:
+        raise ConfigError(f"the stage flow runs exactly one stage, got targets={targets!r}")
+    res = run_stage(StageSpec(url, rev, targets[0], key, profile, dict(overrides or {}), list(collect or [])))
+    return {"sha": res.sha, "stages": {res.stage: res.__dict__}}
+
+
+@flow(**FLOW_OPTIONS)
+def study(
+    study: StudyName,
+    rev: GitRev = "HEAD",
+    finetune_pool: Pool = "auto",
+    repo_url: str | None = None,
+    run_key: RunKey | None = None,
+) -> dict[str, Any]:
+    """Deployment ``ogpo/study``: every (algorithm, seed) run of ``studies/<study>/`` at ``rev``, fanned over the
+    workers (runs in parallel after the shared start; fine-tuning on the gpu pool when a GPU worker is online),
+    each cached on its own through the S3 run-cache (a finished run is never run again, adding a seed runs only
+    it), then the aggregate. runs.csv, summary.json and report.html go to ``s3://<bucket>/studies/<study>/<sha>/``.
+    """
+    logger = get_run_logger()
+    url, key = _start(repo_url, run_key)
+    target = f"studies/{study}/dvc.yaml:aggregate"
+    files = [f"results/{study}/{name}" for name in STUDY_FILES]
+    sha, results = run_pipeline(url, rev, None, {}, [target], finetune_pool, key, {target: files})
+    if target not in results:
+        raise ConfigError(f"studies/{study}/dvc.yaml at {rev} has no aggregate stage")
+    got = results[target].files
+    settings = storage.settings_from_env()
+    client = storage.s3_client(settings)
+    prefix = f"studies/{study}/{sha[:12]}"
+    for rel in files:
+        body = got[rel] if isinstance(got[rel], str) else json.dumps(got[rel], indent=2)
+        name = rel.rsplit("/", 1)[1]
+        storage.guarded(f"uploading {rel}", client.put_object, Bucket=settings.bucket, Key=f"{prefix}/{name}",
+                        Body=body.encode())  # fmt: skip
+    runs = sorted(k for k in results if ":run@" in k)
+    ran = sorted(k for k, r in results.items() if r.stage in r.ran)
+    md = _study_markdown(study, sha, got[f"results/{study}/summary.json"], results, prefix, settings.bucket)
+    create_markdown_artifact(md, key="ogpo-study")
+    logger.info("study %s at %s: %d runs, ran %s; results in s3://%s/%s/", study, sha[:12], len(runs), ran or "none",
+                settings.bucket, prefix)  # fmt: skip
+    return {"sha": sha, "ran": ran, "runs": runs, "results": f"s3://{settings.bucket}/{prefix}/"}
+
+
+STUDY_FILES = ("runs.csv", "summary.json", "report.html")
+
+
+def _study_markdown(
+    name: str, sha: str, summary: dict[str, Any], results: dict[str, StageResult], prefix: str, bucket: str
+) -> str:
+    def ci(final: dict[str, Any], stat: str) -> str:  # summary.json (ogpo.study.aggregate.final_success)
+        low, high = final[f"{stat}_ci"]
+        return f"{final[stat]:.1%} [{low:.1%}, {high:.1%}]"
+
+    rows = []
+    for algo, a in summary["algorithms"].items():
+        final = a["final_success"]
+        rows.append(f"| {algo} | {a['n_seeds']} | {ci(final, 'iqm')} | {ci(final, 'mean')} |")
+    ran = sorted(k for k, r in results.items() if r.stage in r.ran)
+    return (
+        f"# ogpo study `{name}` at {sha[:12]} ({summary['task']})\n\n"
+        f"| algorithm | seeds | final IQM success (95% CI) | final mean success (95% CI) |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+        + f"\n\nStage runs this time: {len(ran)} of {len(results)} ({', '.join(ran) or 'none: all cached'}).\n\n"
+        f"Results: `s3://{bucket}/{prefix}/` (runs.csv, summary.json, report.html).\n"
     )

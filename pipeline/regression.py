@@ -84,9 +84,18 @@ def run_regression(
     collect = {stage: [metrics_path]}
     sides = {}
     for label, r in (("baseline", baseline_rev), ("current", rev)):
-        sha, results = run_pipeline(
-            repo_url, r, profile, overrides, [stage], finetune_pool, f"{run_key}-{label}", collect
-        )
+        try:
+            sha, results = run_pipeline(
+                repo_url, r, profile, overrides, [stage], finetune_pool, f"{run_key}-{label}", collect
+            )
+        except ConfigError as exc:
+            if label == "baseline" and str(exc).startswith("unknown git revision"):
+                raise ConfigError(
+                    f"the regression baseline {baseline_rev!r} is not a revision of {repo_url}: pin one with "
+                    f"`git tag -f {baseline_rev} <rev>` in that repository (and push the tag); `ogpo serve` "
+                    "creates it at HEAD when it is missing"
+                ) from None
+            raise
         metrics = results[stage].files[metrics_path]
         sides[label] = (r, sha, success_counts(metrics, policy, f"{metrics_path} at {r} ({sha[:12]})"))
         logger.info("%s %s (%s): %s successes %d/%d", label, r, sha[:12], policy, *sides[label][2])

@@ -39,7 +39,7 @@ _SINGLE = ("s3.port.grpc", "s3.port.iceberg", "s3.port.lance", "webdav.port")
 
 @dataclass(frozen=True)
 class SeaweedInfo:
-    """How to reach a running server. ``env()`` gives the variables boto3/DVC/ogpo.data.s3 read."""
+    """How to reach a running server. ``env()`` gives the variables boto3, DVC and pipeline/storage.py read."""
 
     endpoint_url: str
     s3_port: int

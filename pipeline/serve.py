@@ -10,14 +10,22 @@ ogpo/full-pipeline`` works. It creates the bucket, the DVC remote ``s3`` of the 
 ``prefect.yaml``, and an automation that puts a flow run whose worker died (no heartbeat) back in the queue
 so another worker retries it. ``ogpo stop`` stops them: the workers with SIGINT (they ignore SIGTERM for a long
 time), then the server and SeaweedFS with SIGTERM, SIGKILL only after a timeout.
+
+``ogpo serve`` also starts a supervisor (pipeline/supervise.py) that restarts a worker that dies (backing off
+when one keeps dying), ends the processes a dead worker's flow runs left behind, marks those runs Crashed and
+removes their workspaces; a second automation reschedules a Crashed run of an ogpo deployment until it has
+run ``CRASH_RUNS`` times, and its stages resume from the run-cache and the mirrored state. ``ogpo worker add``
+adds workers to a running stack; the supervisor watches them too. ``ogpo stop`` stops the supervisor first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import socket
@@ -42,6 +50,10 @@ POOLS = ("cpu", "gpu")  # work pools; fine-tuning goes to gpu when a worker is o
 HEARTBEAT_S = 30  # Prefect's minimum flow-run heartbeat period
 ZOMBIE_AFTER_S = 90  # no heartbeat for this long: the run's worker is gone
 ZOMBIE_AUTOMATION = "ogpo: requeue flow runs whose worker died"
+CRASH_AUTOMATION = "ogpo: retry crashed flow runs"
+CRASH_RUNS = 3  # a run that crashed on its 1st or 2nd run is rescheduled; one that crashes on its 3rd stays Crashed
+SUPERVISOR = "supervisor"
+WORKER_TOKEN_ENV = "OGPO_WORKER_TOKEN"  # a worker's own token, inherited by its flow runs and their stages
 # State names whose event ends a run's heartbeat window (the run left Running on its own).
 _NOT_RUNNING = (
     "Completed",
@@ -69,6 +81,11 @@ class Proc:
     pid: int
     start_ticks: int
     log: str
+    # workers only: what the supervisor needs to restart one and to find what its flow runs left behind
+    pool: str = ""
+    index: int = 0
+    work_dir: str = ""
+    token: str = ""  # OGPO_WORKER_TOKEN in the worker's environment, inherited by its flow runs and stages
 
     def alive(self) -> bool:
         if _start_ticks(self.pid) != self.start_ticks:
@@ -88,6 +105,7 @@ class Stack:
     s3_port: int
     bucket: str
     procs: dict[str, Proc] = field(default_factory=dict)
+    supervisor: Proc | None = None  # kept apart from procs: it serves nothing, it watches the workers
 
     @property
     def api_url(self) -> str:
@@ -266,8 +284,30 @@ def start_worker(stack: Stack, env: Mapping[str, str], index: int = 1, pool: str
     wenv.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     wenv["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(HEARTBEAT_S)
     wenv.setdefault("OGPO_WORK_DIR", str(stack.home / "work" / f"{pool}-{index}"))
+    wenv[WORKER_TOKEN_ENV] = token = secrets.token_hex(8)
     argv = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--name", f"ogpo-{pool}-{index}"]
-    return _spawn(f"worker-{pool}-{index}", argv, wenv, stack.home, cwd=stack.home)
+    proc = _spawn(f"worker-{pool}-{index}", argv, wenv, stack.home, cwd=stack.home)
+    proc.pool, proc.index, proc.work_dir, proc.token = pool, index, wenv["OGPO_WORK_DIR"], token
+    return proc
+
+
+def next_index(procs: Mapping[str, Proc], pool: str) -> int:
+    """The lowest worker index of ``pool`` that no recorded worker uses (by name or by work directory)."""
+    used = {p.index for p in procs.values() if p.pool == pool}
+    for name in procs:
+        if m := re.fullmatch(rf"worker-{pool}-(\d+)", name):
+            used.add(int(m.group(1)))
+    i = 1
+    while i in used:
+        i += 1
+    return i
+
+
+def start_supervisor(stack: Stack) -> Proc:
+    """The stack's supervisor (``python -m pipeline.supervise``, this install's code), detached like the rest."""
+    env = base_env(stack.home)
+    argv = [sys.executable, "-m", "pipeline.supervise", "--home", str(stack.home)]
+    return _spawn(SUPERVISOR, argv, env, stack.home, cwd=stack.home)
 
 
 def ensure_pools(api_url: str) -> None:
@@ -345,6 +385,43 @@ def ensure_zombie_automation(api_url: str) -> None:
         client.create_automation(auto)
 
 
+def ensure_crash_automation(api_url: str, runs: int = CRASH_RUNS) -> None:
+    """A flow run of an ogpo deployment that ends Crashed (its worker or its engine process died, as the worker,
+    the engine itself or the stack's supervisor reports) is put back to Scheduled, at most until it has run
+    ``runs`` times: the crash event carries the run count, and only counts below ``runs`` match."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    with _client(api_url) as client:
+        for existing in client.read_automations_by_name(CRASH_AUTOMATION):
+            client.delete_automation(existing.id)
+        auto = AutomationCore(
+            name=CRASH_AUTOMATION,
+            description=f"Reschedule crashed flow runs of ogpo deployments (at most {runs} runs each).",
+            trigger=EventTrigger(
+                match={
+                    "prefect.resource.id": "prefect.flow-run.*",
+                    "prefect.run-count": [str(n) for n in range(runs)],  # 0: crashed before it ran
+                },
+                match_related={"prefect.resource.id": "prefect.tag.ogpo"},
+                expect={"prefect.flow-run.Crashed"},
+                for_each={"prefect.resource.id"},
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[
+                ChangeFlowRunState(
+                    state=StateType.SCHEDULED,
+                    name="AwaitingRetry",
+                    message=f"Crashed: rescheduled (a run is retried until it has run {runs} times)",
+                    force=True,
+                )
+            ],
+        )
+        client.create_automation(auto)
+
+
 def deploy(stack: Stack, env: Mapping[str, str]) -> None:
     """``prefect --no-prompt deploy --all`` from the checkout (prefect.yaml), against this stack's server."""
     denv = base_env(stack.home) | dict(env)
@@ -360,6 +437,70 @@ def deploy(stack: Stack, env: Mapping[str, str]) -> None:
         raise StackError(f"prefect deploy failed:\n{storage.redact(res.stdout[-2000:] + res.stderr[-2000:], env)}")
 
 
+REGRESSION_BASELINE = "regression-baseline"  # the nightly regression's baseline_rev (prefect.yaml)
+NIGHTLY_DEPLOYMENT = "ogpo/nightly-regression"
+
+
+def set_nightly_schedule(api_url: str, active: bool) -> int:
+    """Switch the nightly regression deployment's schedules on or off; switching off also deletes the runs the
+    scheduler had already created from them. Returns how many schedules there were."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    with _client(api_url) as client:
+        dep = client.read_deployment_by_name(NIGHTLY_DEPLOYMENT)
+        schedules = client.read_deployment_schedules(dep.id)
+        for sched in schedules:
+            client.update_deployment_schedule(dep.id, sched.id, active=active)
+        if not active:
+            scheduled = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                ),
+            )
+            for run in scheduled:
+                if run.auto_scheduled:
+                    client.delete_flow_run(run.id)
+    return len(schedules)
+
+
+def ensure_regression_baseline(repo: Path, tag: str = REGRESSION_BASELINE) -> str | None:
+    """Pin the nightly regression's baseline at the checkout's HEAD when the tag does not exist yet (a fresh
+    `ogpo serve` then has a working nightly run); an existing tag is never moved. Returns what it did, or None."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=30)
+
+    if git("rev-parse", "--verify", "--quiet", f"refs/tags/{tag}").returncode == 0:
+        return None
+    head = git("rev-parse", "--verify", "--quiet", "HEAD^{commit}")
+    if head.returncode != 0:
+        return None  # not a git checkout with a commit: the nightly run will say the baseline is missing
+    sha = head.stdout.strip()
+    if git("tag", tag, sha).returncode != 0:
+        return None
+    return f"nightly regression baseline: tag {tag} created at HEAD {sha[:12]} (move it: git tag -f {tag} <rev>)"
+
+
+@contextlib.contextmanager
+def locked(home: Path):
+    """An exclusive lock on the stack record of ``home`` (serve, the supervisor, worker add and stop share it)."""
+    home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home / ".stack.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _save(stack: Stack) -> None:
     data = {
         "repo": str(stack.repo),
@@ -367,6 +508,7 @@ def _save(stack: Stack) -> None:
         "s3_port": stack.s3_port,
         "bucket": stack.bucket,
         "procs": {k: vars(v) for k, v in stack.procs.items()},
+        "supervisor": vars(stack.supervisor) if stack.supervisor else None,
     }
     write_private(stack.home / "stack.json", json.dumps(data, indent=2))
 
@@ -384,6 +526,7 @@ def load(home: Path | None = None) -> Stack:
         s3_port=data["s3_port"],
         bucket=data["bucket"],
         procs={k: Proc(**v) for k, v in data["procs"].items()},
+        supervisor=Proc(**data["supervisor"]) if data.get("supervisor") else None,
     )
 
 
@@ -397,8 +540,14 @@ def serve(
     gpu_workers: int = 0,
     deployments: bool = True,
     ui: bool = True,
+    supervise: bool = True,
+    nightly: bool = False,
 ) -> Stack:
-    """Start the stack (idempotent: a running stack in ``home`` is an error, a stale record is replaced)."""
+    """Start the stack (idempotent: a running stack in ``home`` is an error, a stale record is replaced).
+
+    The nightly regression's 02:30 UTC schedule is paused unless ``nightly``: a stack left running on a laptop
+    should not start the 25-minute CPU-profile comparison by itself; a regression host passes ``--nightly``.
+    """
     if workers < 0 or gpu_workers < 0:
         raise ConfigError(f"worker counts must be >= 0, got --workers {workers} --gpu-workers {gpu_workers}")
     home = (home or default_home()).resolve()
@@ -407,8 +556,10 @@ def serve(
         raise ConfigError(f"{repo}: not a git checkout (ogpo serve runs from the repository root)")
     try:
         old = load(home)
-        if any(p.alive() for p in old.procs.values()):
-            raise StackError(f"a stack is already running from {home} (ogpo stop first)")
+        if any(p.alive() for p in [*old.procs.values(), *([old.supervisor] if old.supervisor else [])]):
+            raise StackError(
+                f"a stack is already running from {home} (ogpo stop first, or add a worker: ogpo worker add)"
+            )
     except StackError as e:
         if "already running" in str(e):
             raise
@@ -439,15 +590,27 @@ def serve(
         step(f"bucket {bucket} and DVC remote '{storage.REMOTE_NAME}' configured")
         ensure_pools(stack.api_url)
         ensure_zombie_automation(stack.api_url)
-        step("work pools cpu/gpu and the requeue automation created")
+        ensure_crash_automation(stack.api_url)
+        step("work pools cpu/gpu and the requeue/retry automations created")
         if deployments:
             deploy(stack, env)
             step("deployments from prefect.yaml created")
+            set_nightly_schedule(stack.api_url, active=nightly)
+            state = "on (02:30 UTC)" if nightly else "paused (ogpo serve --nightly keeps it on)"
+            step(f"nightly regression schedule {state}")
+            created = ensure_regression_baseline(repo)
+            if created:
+                step(created)
         for pool, n in (("cpu", workers), ("gpu", gpu_workers)):
             for i in range(1, n + 1):
                 stack.procs[f"worker-{pool}-{i}"] = start_worker(stack, env, i, pool=pool)
         _save(stack)
         step(f"{workers} cpu and {gpu_workers} gpu worker(s) started")
+        if supervise:
+            with locked(home):
+                stack.supervisor = start_supervisor(stack)
+                _save(stack)
+            step(f"supervisor started (log {stack.supervisor.log})")
     except BaseException:
         stop(home, quiet=True)
         raise
@@ -498,24 +661,58 @@ def stop_proc(proc: Proc, first: int, timeout: float) -> bool:
 
 
 def stop(home: Path | None = None, quiet: bool = False, timeout: float = 30) -> list[str]:
-    """Stop the stack recorded in ``home``: workers (SIGINT), then the server and SeaweedFS (SIGTERM)."""
+    """Stop the stack recorded in ``home``: the supervisor first (so that it restarts nothing), then the workers
+    (SIGINT), then the server and SeaweedFS (SIGTERM)."""
     try:
         stack = load(home)
     except StackError:
         if quiet:
             return []
         raise
-    order = sorted(stack.procs.values(), key=lambda p: (not p.name.startswith("worker"), p.name == "seaweed"))
     lines = []
-    for proc in order:
-        if not proc.alive():
-            lines.append(f"{proc.name}: not running")
-            continue
-        sig = signal.SIGINT if proc.name.startswith("worker") else signal.SIGTERM
-        t0 = time.monotonic()
-        clean = stop_proc(proc, sig, timeout)
-        took = time.monotonic() - t0
-        lines.append(f"{proc.name}: stopped in {took:.1f} s" + ("" if clean else " (killed after timeout)"))
-    stack.procs = {}
-    _save(stack)
+    if stack.supervisor is not None:
+        lines.append(_stop_one(stack.supervisor, signal.SIGTERM, timeout))
+    with locked(stack.home):
+        stack = load(stack.home)  # what the supervisor last recorded (workers it restarted or adopted)
+        stack.supervisor = None
+        order = sorted(stack.procs.values(), key=lambda p: (not p.name.startswith("worker"), p.name == "seaweed"))
+        for proc in order:
+            sig = signal.SIGINT if proc.name.startswith("worker") else signal.SIGTERM
+            lines.append(_stop_one(proc, sig, timeout))
+        stack.procs = {}
+        _save(stack)
     return lines
+
+
+def _stop_one(proc: Proc, sig: int, timeout: float) -> str:
+    if not proc.alive():
+        return f"{proc.name}: not running"
+    t0 = time.monotonic()
+    clean = stop_proc(proc, sig, timeout)
+    took = time.monotonic() - t0
+    return f"{proc.name}: stopped in {took:.1f} s" + ("" if clean else " (killed after timeout)")
+
+
+def add_workers(home: Path | None = None, n: int = 1, pool: str = "cpu") -> list[Proc]:
+    """Start ``n`` more workers for ``pool`` in the running stack of ``home`` and record them (the supervisor,
+    which rereads the record, then restarts them like the others)."""
+    if n < 1:
+        raise ConfigError(f"worker count must be >= 1, got {n}")
+    if pool not in POOLS:
+        raise ConfigError(f"pool {pool!r} is not one of {', '.join(POOLS)}")
+    home = (home or default_home()).resolve()
+    stack = load(home)
+    server = stack.procs.get("prefect-server")
+    if server is None or not server.alive():
+        raise StackError(f"the stack in {home} is not running (start it with `ogpo serve`)")
+    env = read_env_file(stack.env_file)
+    started = []
+    with locked(home):
+        stack = load(home)
+        for _ in range(n):
+            i = next_index(stack.procs, pool)
+            proc = start_worker(stack, env, i, pool=pool)
+            stack.procs[proc.name] = proc
+            started.append(proc)
+        _save(stack)
+    return started

@@ -112,7 +112,8 @@ def plan_pipeline(
             repo_url, rev, dest, profile=profile, overrides=overrides, settings=settings, on_line=logger.info
         )
         graph = workspace.stage_graph(ws.path)
-        wanted = workspace.upstream_closure(graph, targets) if targets else set(graph)
+        # no targets: the root dvc.yaml's stages (what `dvc repro` runs), not the studies' (studies/*/dvc.yaml)
+        wanted = workspace.upstream_closure(graph, targets) if targets else {s for s in graph if ":" not in s}
         probe = workspace.probe(ws, sorted(wanted)) if run_probe else {"complete": False, "skipped": True}
         if probe.get("complete"):
             probe["files"] = _read_files(ws, collect or [], "probe")
@@ -241,7 +242,6 @@ def run_stage_on_pool(spec: StageSpec, pool: str, deployment: str) -> StageResul
 
     logger = get_run_logger()
     params = {
-        "mode": "stage",
         "rev": spec.sha,
         "repo_url": spec.repo_url,
         "profile": spec.profile,

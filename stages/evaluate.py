@@ -14,10 +14,20 @@ from pathlib import Path
 import torch
 
 from ogpo.envs import TOY_TASK, make_env
-from ogpo.policy_io import load_policy_pair
-from ogpo.rollout import evaluate, gcp_policy
+from ogpo.policy_io import load_deployed_policy
+from ogpo.rollout import evaluate
 from ogpo.stats import wilson_interval
-from stages.common import Timer, load_params, param, stage_main, write_json_atomic, write_text_atomic
+from stages.common import (
+    Timer,
+    check_device,
+    check_device_name,
+    load_params,
+    param,
+    stage_main,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stages.live import write_live
 
 log = logging.getLogger("stages.evaluate")
 
@@ -45,6 +55,7 @@ class EvaluateParams:
     def validate(self) -> None:
         if self.mode not in ("ode", "sde"):
             raise ValueError(f"mode must be ode or sde, got {self.mode!r}")
+        check_device_name(self.device)
 
 
 def _videos(task: str, name: str, policy, H: int, p: EvaluateParams) -> list[str]:
@@ -65,8 +76,19 @@ def _videos(task: str, name: str, policy, H: int, p: EvaluateParams) -> list[str
     return out
 
 
+def _numpy_policy(act, device: str):
+    """obs -> chunks on numpy arrays (what ``evaluate`` and the video recorder call)."""
+
+    def fn(obs):
+        with torch.no_grad():
+            return act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+
+    return fn
+
+
 def run() -> None:
     p = load_params("evaluate", EvaluateParams)
+    check_device(p.device, "params.yaml: evaluate.device")
     if p.threads:
         torch.set_num_threads(p.threads)
     metrics: dict[str, dict] = {}
@@ -74,9 +96,10 @@ def run() -> None:
     with Timer() as timer:
         loaded = {}
         for name, path in POLICIES.items():  # load (and verify) both before any rollout
-            actor, target, cfg = load_policy_pair(path, p.device)
-            loaded[name] = ((actor if p.mode == "ode" else target).eval(), cfg)
-        tasks = {cfg["task"] for _, cfg in loaded.values()}
+            gen = torch.Generator(device=p.device).manual_seed(p.seed)
+            act, gcp, cfg = load_deployed_policy(path, p.mode, p.device, gen)
+            loaded[name] = (_numpy_policy(act, p.device), gcp, cfg)
+        tasks = {cfg["task"] for _, _, cfg in loaded.values()}
         if len(tasks) != 1:
             raise ValueError(f"policies were trained on different tasks: {sorted(tasks)}")
         task = tasks.pop()
@@ -85,9 +108,7 @@ def run() -> None:
         for old in VIDEOS.glob("*.gif"):
             old.unlink()
         try:
-            for name, (gcp, _cfg) in loaded.items():
-                gen = torch.Generator(device=p.device).manual_seed(p.seed)
-                policy = gcp_policy(gcp, p.mode == "ode", gen)
+            for name, (policy, gcp, _cfg) in loaded.items():
                 res = evaluate(env, policy, p.episodes, p.seed, gcp.cfg.H)
                 k, n = int(res.success.sum()), len(res.success)
                 lo, hi = wilson_interval(k, n)
@@ -111,10 +132,9 @@ def run() -> None:
     write_text_atomic(EPISODES, "\n".join(rows) + "\n")
     write_json_atomic(METRICS, metrics)
     total_eps = sum(m["n"] for m in metrics.values())
-    write_json_atomic(
-        TIMING,
-        {"wall_time_s": round(timer.wall_time_s, 2), "episodes": total_eps, "task": task, "mode": p.mode},
-    )
+    timing = {"wall_time_s": round(timer.wall_time_s, 2), "episodes": total_eps, "task": task, "mode": p.mode}
+    write_json_atomic(TIMING, timing)
+    write_live("evaluate", summary=metrics | {"wall_time_s": timing["wall_time_s"]})
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""Stage `finetune`: BC policy + critic -> OGPO(+/CA) fine-tuned policy, learning curve, resumable state.
+"""Stage `finetune`: BC policy + critic -> a fine-tuned policy by any registered algorithm (``finetune.algo``:
+ogpo, ogpo+, ogpo+ca, dsrl, qc, expo, dppo; ``ogpo algos`` lists them), its learning curve, resumable state.
 
-The online replay starts empty (no demos, spec 2.6). Full training state is checkpointed atomically to
-``state/finetune`` (outside DVC outs) every ``online.checkpoint_every`` env steps and on Ctrl-C; a re-run
+Every algorithm starts from the very same BC checkpoint and critic init. ``finetune.agent`` is validated by the
+chosen algorithm's config class before any work. The online replay starts empty (no demos, spec 2.6). The
+trainer's full state (``trainer.state_dict()``: agent, replay, RNG streams, counters) is checkpointed atomically
+to ``state/finetune`` (outside DVC outs) every ``online.checkpoint_every`` env steps and on Ctrl-C; a re-run
 resumes from it when the params and inputs are the same, and the state is deleted when the stage completes.
+One run seed (``finetune.seed``) is split into independent streams for network init, env resets, exploration
+noise and replay sampling.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
 import json
 import logging
@@ -18,22 +25,27 @@ from typing import Any
 
 import torch
 
-from ogpo.agents.ogpo import OGPOAgent, OGPOConfig
-from ogpo.agents.online import METRIC_KEYS, OnlineConfig, OnlineTrainer
-from ogpo.checkpoint import (
-    file_sha256,
-    load_checkpoint,
-    load_module_tensors,
-    module_tensors,
-    recover_checkpoint,
-    save_checkpoint,
-)
+from ogpo.agents.online import OnlineConfig, OnlineTrainer, curve_columns
+from ogpo.algos import AlgoSpec, RunSeeds, algorithms, check_gcp_kind, get_algo
+from ogpo.checkpoint import file_sha256, load_checkpoint, recover_checkpoint, save_checkpoint
+from ogpo.critic import CriticPair
 from ogpo.data.replay import ReplayBuffer
 from ogpo.envs import make_env
-from ogpo.errors import CheckpointError
+from ogpo.errors import CheckpointError, ConfigError
 from ogpo.policy_io import load_critic, load_policy_pair, save_critic, save_policy
-from ogpo.state import optimizer_from_flat, optimizer_to_flat
-from stages.common import Timer, git_revision, load_params, param, stage_main, write_json_atomic, write_text_atomic
+from stages.common import (
+    Timer,
+    check_device,
+    check_device_name,
+    git_revision,
+    load_params,
+    param,
+    parse_params,
+    stage_main,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stages.live import write_live
 
 log = logging.getLogger("stages.finetune")
 
@@ -43,14 +55,14 @@ OUT = Path("models/finetuned")
 OUT_CRITIC = Path("models/finetuned_critic")
 CURVE = Path("plots/learning_curve.csv")
 METRICS = Path("metrics/finetune.json")
-CURVE_COLUMNS = ["env_steps", "success", "return", "episode_length", *METRIC_KEYS, "rollout_success", "updates",
-                 "wall_time"]  # fmt: skip
 
 
 @dataclass
 class FinetuneParams:
-    """Params section ``finetune``."""
+    """Params section ``finetune``. ``agent`` holds the chosen algorithm's options (validated by its config
+    class into ``agent_cfg``)."""
 
+    algo: str = "ogpo+ca"
     seed: int = param(0, ge=0)
     device: str = "auto"  # auto = cuda when available
     threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
@@ -59,103 +71,116 @@ class FinetuneParams:
     replay_capacity: int = param(2_000_000, ge=1)
     env_horizon: int | None = param(None, ge=1)  # episode length override (None = the task's default)
     state_dir: str = "state/finetune"
-    agent: OGPOConfig = field(default_factory=OGPOConfig)
+    agent: dict[str, Any] = field(default_factory=dict)
     online: OnlineConfig = field(default_factory=OnlineConfig)
 
     def validate(self) -> None:
-        self.agent.validate()
+        check_device_name(self.device, "device", allow_auto=True)
         self.online.validate()
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def load_finetune_params(path: str | Path = "params.yaml") -> tuple[FinetuneParams, AlgoSpec, Any]:
+    """The ``finetune`` section, the algorithm's registry entry and its validated config (ConfigError first)."""
+    p = load_params("finetune", FinetuneParams, path)
+    spec = get_algo_or_explain(p.algo)
+    _check_agent_keys(spec, p.agent)
+    try:
+        cfg = parse_params(spec.defaults | p.agent, spec.config, "finetune.agent")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return p, spec, cfg
 
 
-def _fingerprint(p: FinetuneParams) -> str:
+def get_algo_or_explain(name: str) -> AlgoSpec:
+    try:
+        return get_algo(name)
+    except ConfigError:
+        raise ConfigError(
+            f"finetune.algo {name!r} is not a registered algorithm; registered: {', '.join(algorithms())}"
+        ) from None
+
+
+def _check_agent_keys(spec: AlgoSpec, agent: dict[str, Any]) -> None:
+    """A key of another algorithm's options gets a message naming that algorithm (before pydantic's generic
+    unknown-key error); ``variant`` points at ``finetune.algo``."""
+    own = {f.name for f in dataclasses.fields(spec.config)}
+    for key in agent:
+        if key in own:
+            continue
+        if key == "variant":
+            raise ConfigError(
+                "finetune.agent.variant was replaced by finetune.algo (ogpo, ogpo+ or ogpo+ca); move the value there"
+            )
+        owners = [n for n, s in algorithms().items() if key in {f.name for f in dataclasses.fields(s.config)}]
+        close = difflib.get_close_matches(str(key), sorted(own), n=1)
+        hint = f" (did you mean finetune.agent.{close[0]}?)" if close else ""
+        if owners:
+            raise ConfigError(
+                f"finetune.agent.{key} is an option of {', '.join(owners)}, not of {spec.name}{hint}; "
+                f"{spec.name}'s options: {', '.join(sorted(own))}"
+            )
+
+
+def _fingerprint(p: FinetuneParams, cfg: Any) -> str:
     """Identifies the run a saved state belongs to: params (minus where it runs) and the input checkpoints."""
     d = asdict(p)
     for k in ("device", "state_dir"):
         d.pop(k)
+    d["agent"] = asdict(cfg)
     d["inputs"] = [file_sha256(BC / "weights.safetensors"), file_sha256(CRITIC / "weights.safetensors")]
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def _save_state(path: Path, trainer: OnlineTrainer, curve: list[dict], fingerprint: str) -> None:
-    agent = trainer.agent
-    tensors: dict[str, torch.Tensor] = {}
-    meta: dict[str, Any] = {"fingerprint": fingerprint, "curve": curve, "agent_step": agent.step}
-    for name, mod in agent.modules().items():
-        tensors |= module_tensors(name, mod)
-    for name, opt in agent.optimizers().items():
-        t, m = optimizer_to_flat(name, opt)
-        tensors |= t
-        meta[name] = m
-    tensors |= {f"replay.{k}": v for k, v in trainer.replay.state_tensors().items()}
-    tensors["agent.generator"] = agent.generator.get_state()
-    t, m = trainer.state()
-    tensors |= t
-    meta["trainer"] = m
-    save_checkpoint(path, tensors, meta)
-    log.info("checkpoint: %d env steps -> %s", trainer.env_steps, path)
-
-
-def _load_state(path: Path, trainer: OnlineTrainer) -> list[dict]:
-    tensors, meta = load_checkpoint(path)
-    agent = trainer.agent
-    for name, mod in agent.modules().items():
-        load_module_tensors(name, mod, tensors)
-    for name, opt in agent.optimizers().items():
-        optimizer_from_flat(name, opt, tensors, meta[name])
-    agent.step = int(meta["agent_step"])
-    agent.generator.set_state(tensors["agent.generator"])
-    trainer.replay.load_state_tensors({k[7:]: v for k, v in tensors.items() if k.startswith("replay.")})
-    trainer.load_state(tensors, meta["trainer"])
-    return list(meta["curve"])
-
-
-def _write_curve(rows: list[dict]) -> None:
-    lines = [",".join(CURVE_COLUMNS)]
+def _write_curve(rows: list[dict], columns: list[str]) -> None:
+    lines = [",".join(columns)]
     for r in rows:
-        lines.append(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in CURVE_COLUMNS))
+        lines.append(",".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in columns))
     write_text_atomic(CURVE, "\n".join(lines) + "\n")
 
 
 def run() -> None:
-    p = load_params("finetune", FinetuneParams)
+    p, spec, cfg = load_finetune_params()
     if p.threads:
         torch.set_num_threads(p.threads)
-    dev = _device(p.device)
+    dev = torch.device(check_device(p.device, "params.yaml: finetune.device", allow_auto=True))
     actor, target, bc_cfg = load_policy_pair(BC, dev)
+    check_gcp_kind(spec, actor.cfg.kind)
     critic, _ = load_critic(CRITIC, dev)
     task = bc_cfg["task"]
     if critic.online.cfg.chunk_dim != actor.chunk_dim or critic.online.cfg.obs_dim != actor.cfg.obs_dim:
         raise CheckpointError(f"{CRITIC}: critic dims do not match the BC policy in {BC}")
-    torch.manual_seed(p.seed)
-    agent = OGPOAgent(actor, critic.online.cfg, p.agent, target_actor=target, seed=p.seed)
-    agent.critic.load_state_dict(critic.state_dict())
-    replay = ReplayBuffer(p.replay_capacity, actor.cfg.obs_dim, actor.cfg.act_dim, device=dev)
+    seeds = RunSeeds(p.seed)
+    torch.manual_seed(seeds.int_seed("init"))
+    agent = spec.build(actor, target, critic, cfg, seeds)
     state_path = Path(p.state_dir)
-    fingerprint = _fingerprint(p)
+    fingerprint = _fingerprint(p, cfg)
+    columns = curve_columns(agent)
     curve: list[dict] = []
-    env = make_env(task, p.num_envs, seed=p.seed, horizon=p.env_horizon)
-    eval_env = make_env(task, p.eval_num_envs, seed=p.seed + 7919, horizon=p.env_horizon)
-    trainer = OnlineTrainer(agent, env, eval_env, replay, p.online)
+    env = make_env(task, p.num_envs, seed=seeds.int_seed("env"), horizon=p.env_horizon)
+    eval_env = make_env(task, p.eval_num_envs, seed=seeds.int_seed("eval_env"), horizon=p.env_horizon)
+    if agent.loop == "on_policy":
+        trainer = agent.make_trainer(env, eval_env, p.online, seeds)
+    else:
+        replay = ReplayBuffer(p.replay_capacity, actor.cfg.obs_dim, actor.cfg.act_dim, dev, extras=agent.replay_extras)
+        trainer = OnlineTrainer(agent, env, eval_env, replay, p.online, seeds)
     if recover_checkpoint(state_path) and (state_path / "config.json").exists():
-        saved = json.loads((state_path / "config.json").read_text())
+        tensors, saved = load_checkpoint(state_path)
         if saved.get("fingerprint") == fingerprint:
-            curve = _load_state(state_path, trainer)
+            trainer.load_state_dict(tensors, saved["trainer"])
+            curve = list(saved["curve"])
             log.info("resumed from %s at %d env steps", state_path, trainer.env_steps)
         else:
             log.warning("%s belongs to other params or inputs: starting fresh", state_path)
 
     def on_eval(row: dict) -> None:
         curve.append(row)
-        _write_curve(curve)
+        _write_curve(curve, columns)
+        write_live("finetune", curve, "env_steps")
 
-    def on_checkpoint(tr: OnlineTrainer) -> None:
-        _save_state(state_path, tr, curve, fingerprint)
+    def on_checkpoint(tr: Any) -> None:
+        tensors, meta = tr.state_dict()
+        save_checkpoint(state_path, tensors, {"fingerprint": fingerprint, "curve": curve, "trainer": meta})
+        log.info("checkpoint: %d env steps -> %s", tr.env_steps, state_path)
 
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, lambda *_: setattr(trainer, "stop_requested", True))
@@ -169,25 +194,35 @@ def run() -> None:
     meta = dict(bc_cfg)
     for k in ("format", "gcp", "weights_sha256"):
         meta.pop(k, None)
-    meta |= {"stage": "finetune", "git_rev": git_revision(), "variant": p.agent.variant, "env_steps": trainer.env_steps}
-    save_policy(OUT, agent.actor, agent.target_actor, meta)
-    save_critic(OUT_CRITIC, agent.critic, {"task": task, "stage": "finetune"})
-    _write_curve(curve)
+    meta |= {
+        "stage": "finetune",
+        "git_rev": git_revision(),
+        "algo": spec.name,
+        "algo_config": asdict(cfg),
+        "env_steps": trainer.env_steps,
+    }
+    save_policy(OUT, agent.actor, agent.target_actor, meta, deploy=agent.deploy_modules())
+    trained_critic = getattr(agent, "critic", None)
+    if isinstance(trained_critic, CriticPair):
+        save_critic(OUT_CRITIC, trained_critic, {"task": task, "stage": "finetune", "algo": spec.name})
+    else:  # the algorithm has no Q ensemble (DPPO): pass the input critic through, marked as untouched
+        save_critic(OUT_CRITIC, critic, {"task": task, "stage": "finetune", "algo": spec.name, "trained": False})
+    _write_curve(curve, columns)
     wall = trainer.wall_time
-    write_json_atomic(
-        METRICS,
-        {
-            "wall_time_s": round(timer.wall_time_s, 2),
-            "train_wall_time_s": round(wall, 2),
-            "env_steps": trainer.env_steps,
-            "env_steps_per_s": round(trainer.env_steps / max(wall, 1e-9), 2),
-            "updates": trainer.updates,
-            "updates_per_s": round(trainer.updates / max(wall, 1e-9), 2),
-            "episodes": trainer.episodes,
-            "final_success": curve[-1]["success"] if curve else None,
-            "device": str(dev),
-        },
-    )
+    metrics = {
+        "algo": spec.name,
+        "wall_time_s": round(timer.wall_time_s, 2),
+        "train_wall_time_s": round(wall, 2),
+        "env_steps": trainer.env_steps,
+        "env_steps_per_s": round(trainer.env_steps / max(wall, 1e-9), 2),
+        "updates": trainer.updates,
+        "updates_per_s": round(trainer.updates / max(wall, 1e-9), 2),
+        "episodes": trainer.episodes,
+        "final_success": curve[-1]["success"] if curve else None,
+        "device": str(dev),
+    }
+    write_json_atomic(METRICS, metrics)
+    write_live("finetune", curve, "env_steps", metrics)
     shutil.rmtree(state_path, ignore_errors=True)  # the stage completed: its resumable state is spent
 
 

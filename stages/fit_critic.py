@@ -9,7 +9,7 @@ metrics/fit_critic.json.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,8 +17,20 @@ import torch
 from ogpo.agents.offline_critic import OfflineCriticConfig, fit_critic_offline
 from ogpo.critic import CriticConfig, CriticPair
 from ogpo.data.demo_buffer import load_demo_buffer
+from ogpo.errors import ConfigError
 from ogpo.policy_io import load_policy_pair, save_critic
-from stages.common import Timer, git_revision, load_params, param, stage_main, write_json_atomic, write_text_atomic
+from stages.common import (
+    Timer,
+    check_device,
+    check_device_name,
+    git_revision,
+    load_params,
+    param,
+    stage_main,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stages.live import write_live
 
 log = logging.getLogger("stages.fit_critic")
 
@@ -37,15 +49,19 @@ class CriticParams:
     device: str = "cpu"
     threads: int | None = param(1, ge=1)  # torch CPU threads (1: env workers share the cores); None = all
     M: int = param(10, ge=2)
-    hidden: list[int] = field(default_factory=lambda: [512, 512, 512, 512])
+    hidden: list[int] = param(default_factory=lambda: [512, 512, 512, 512], ge=1)
     fit: OfflineCriticConfig = field(default_factory=OfflineCriticConfig)
 
     def validate(self) -> None:
+        if not self.hidden:
+            raise ConfigError("hidden must be a non-empty list of layer widths, got []")
+        check_device_name(self.device)
         self.fit.validate()
 
 
 def run() -> None:
     p = load_params("fit_critic", CriticParams)
+    check_device(p.device, "params.yaml: fit_critic.device")
     if p.threads:
         torch.set_num_threads(p.threads)
     with Timer() as timer:
@@ -63,16 +79,14 @@ def run() -> None:
         f"{r['step']},{r['td_loss']:.6g},{r['mc_loss']:.6g},{r['cql_loss']:.6g}" for r in rows
     ]
     write_text_atomic(CURVE, "\n".join(lines) + "\n")
-    write_json_atomic(
-        METRICS,
-        {
-            "wall_time_s": round(timer.wall_time_s, 2),
-            "mode": p.fit.mode,
-            "updates": p.fit.steps if p.fit.mode != "none" else 0,
-            "final_td_loss": rows[-1]["td_loss"] if rows else None,
-            "params": asdict(p),
-        },
-    )
+    metrics = {
+        "wall_time_s": round(timer.wall_time_s, 2),
+        "mode": p.fit.mode,
+        "updates": p.fit.steps if p.fit.mode != "none" else 0,
+        "final_td_loss": rows[-1]["td_loss"] if rows else None,
+    }  # params are DVC's to show (params.yaml), not echoed here
+    write_json_atomic(METRICS, metrics)
+    write_live("fit_critic", rows, "step", metrics)
     log.info("critic (%s, M=%d) saved to %s", p.fit.mode, p.M, OUT)
 
 

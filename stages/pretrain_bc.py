@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,18 @@ from ogpo.gcp import make_gcp
 from ogpo.gcp.base import GCPConfig
 from ogpo.policy_io import save_policy
 from ogpo.rollout import evaluate, gcp_policy
-from stages.common import Timer, git_revision, load_params, param, stage_main, write_json_atomic, write_text_atomic
+from stages.common import (
+    Timer,
+    check_device,
+    check_device_name,
+    git_revision,
+    load_params,
+    param,
+    stage_main,
+    write_json_atomic,
+    write_text_atomic,
+)
+from stages.live import write_live
 
 log = logging.getLogger("stages.pretrain_bc")
 
@@ -48,11 +59,13 @@ class PretrainParams:
     def validate(self) -> None:
         if self.eval_mode not in ("sde", "ode"):
             raise ValueError(f"eval_mode must be sde or ode, got {self.eval_mode!r}")
+        check_device_name(self.device)
         self.bc.validate()
 
 
 def run() -> None:
     p = load_params("pretrain_bc", PretrainParams)
+    check_device(p.device, "params.yaml: pretrain_bc.device")
     if p.threads:
         torch.set_num_threads(p.threads)
     with Timer() as timer:
@@ -90,19 +103,17 @@ def run() -> None:
     CURVE.parent.mkdir(parents=True, exist_ok=True)
     lines = ["step,success,loss"] + [f"{r['step']},{r['success']:.6f},{r['loss']:.6f}" for r in result.curve]
     write_text_atomic(CURVE, "\n".join(lines) + "\n")
-    write_json_atomic(
-        METRICS,
-        {
-            "wall_time_s": round(timer.wall_time_s, 2),
-            "bc_steps": result.steps,
-            "updates": result.steps,
-            "updates_per_s": round(result.steps / max(timer.wall_time_s, 1e-9), 2),
-            "stopped_early": result.stopped_early,
-            "gate_success": result.last_success,
-            "gate_mode": p.eval_mode,
-            "params": asdict(p),
-        },
-    )
+    metrics = {
+        "wall_time_s": round(timer.wall_time_s, 2),
+        "bc_steps": result.steps,
+        "updates": result.steps,
+        "updates_per_s": round(result.steps / max(timer.wall_time_s, 1e-9), 2),
+        "stopped_early": result.stopped_early,
+        "gate_success": result.last_success,
+        "gate_mode": p.eval_mode,
+    }  # params are DVC's to show (params.yaml), not echoed here
+    write_json_atomic(METRICS, metrics)
+    write_live("pretrain_bc", result.curve, "step", metrics)
     log.info("BC: %d steps, gate success %s, saved %s", result.steps, result.last_success, OUT)
 
 

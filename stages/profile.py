@@ -38,12 +38,15 @@ def validate_params_file(path: Path) -> None:
     import yaml
 
     sections = schemas()
+    for name, schema in sections.items():  # first: load_params reports a missing file or invalid YAML clearly
+        load_params(name, schema, path)
     doc = yaml.safe_load(path.read_text()) or {}
     extra = sorted(set(doc) - set(sections))
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(extra)}; known: {', '.join(sections)}")
-    for name, schema in sections.items():
-        load_params(name, schema, path)
+    from stages.finetune import load_finetune_params
+
+    load_finetune_params(path)  # finetune.agent against the chosen algorithm's config class
 
 
 def main() -> None:

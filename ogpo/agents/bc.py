@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ogpo.agents.schedules import SCHEDULES
-from ogpo.checks import check_positive_int
+from ogpo.checks import check_number, check_positive_int
 from ogpo.data.replay import ReplayBuffer
 from ogpo.errors import ConfigError, TrainingError
 from ogpo.gcp.base import GCP
@@ -41,6 +41,12 @@ class BCConfig:
         check_positive_int("max_steps", self.max_steps)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("eval_every", self.eval_every)
+        check_positive_int("log_every", self.log_every)
+        check_positive_int("lr_warmup", self.lr_warmup, minimum=0)
+        check_positive_int("lr_period", self.lr_period, minimum=0)
+        check_number("lr", self.lr, gt=0)
+        check_number("lr_floor", self.lr_floor, ge=0)
+        check_number("tau", self.tau, gt=0, le=1)
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f"lr_schedule must be one of {sorted(SCHEDULES)}, got {self.lr_schedule!r}")
         if self.target_success is not None and not 0 < self.target_success <= 1:
@@ -92,16 +98,14 @@ def train_bc(
         loss_sum = loss_sum + loss.detach()
         n_sum += 1
         if step % cfg.log_every == 0:
-            rate = step / (time.perf_counter() - t0)
+            rate = step / (time.perf_counter() - t0)  # evaluations included: wall-clock honest
             eta = (cfg.max_steps - step) / max(rate, 1e-9)
+            # the gate can stop BC at any evaluation, so the time to max_steps is an upper bound, said as one
+            gate = f" (less if an evaluation reaches the gate {cfg.target_success:g})" if cfg.target_success else ""
             log.info(
-                "BC step %d/%d  loss %.4f  %.0f steps/s  ETA %.0fs",
-                step,
-                cfg.max_steps,
-                float(loss.detach()),
-                rate,
-                eta,
-            )
+                "BC step %d/%d  loss %.4f  %.0f steps/s  at most %.0fs left%s",
+                step, cfg.max_steps, float(loss.detach()), rate, eta, gate,
+            )  # fmt: skip
         if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             last_success = float(evaluate(step))
             row = {"step": step, "success": last_success, "loss": float(loss_sum / max(n_sum, 1))}

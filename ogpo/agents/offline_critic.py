@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ogpo.checks import check_positive_int
+from ogpo.checks import check_number, check_positive_int
 from ogpo.critic import CriticPair, critic_loss, td_target
 from ogpo.data.replay import ReplayBuffer
 from ogpo.errors import ConfigError, TrainingError
@@ -45,6 +45,13 @@ class OfflineCriticConfig:
         check_positive_int("steps", self.steps, minimum=0)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("calql_samples", self.calql_samples)
+        check_positive_int("log_every", self.log_every)
+        check_number("lr", self.lr, gt=0)
+        check_number("weight_decay", self.weight_decay, ge=0)
+        check_number("gamma", self.gamma, ge=0, le=1)
+        check_number("tau", self.tau, gt=0, le=1)
+        check_number("mc_weight", self.mc_weight, ge=0)
+        check_number("calql_alpha", self.calql_alpha, ge=0)
         if self.mode != "none" and self.steps == 0:
             raise ConfigError(f"mode {self.mode!r} needs steps > 0")
 

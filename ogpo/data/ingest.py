@@ -1,19 +1,23 @@
 """Ingestion: turn a demo source into a validated robomimic-layout dataset plus a JSON summary.
 
 Why one function: the ``ingest`` stage (stages/ingest.py), notebooks and tests all need the same guarantees
-regardless of where demos come from -- a local robomimic or raw robosuite file, an ``s3://bucket/key``
-object, or ``scripted:<task>`` demonstrations made here -- namely: the output is complete or absent (temp
-file + rename), it was validated before anything was written, and its summary pins the content with a hash.
-Library-side only: no params.yaml, DVC or Prefect knowledge.
+regardless of where demos come from -- a local robomimic or raw robosuite file, a remote object such as
+``s3://bucket/key``, or ``scripted:<task>`` demonstrations made here -- namely: the output is complete or absent
+(temp file + rename), it was validated before anything was written, and its summary pins the content with a hash.
+Library-side only: no params.yaml, DVC, Prefect or object-store knowledge. A remote source is read through a
+``fetch`` function the caller passes (the ingest stage gets the object store's from pipeline/sources.py), which
+copies the object to a local file; the library reads that copy and names the URI in its messages.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,18 @@ import numpy as np
 
 from ogpo.data.demos import Dataset, Episode, content_hash, read_robomimic, train_valid_masks, write_robomimic
 from ogpo.envs.robosuite import TaskSpec, task_spec
-from ogpo.errors import ConfigError
+from ogpo.errors import ConfigError, DemoFormatError
 
 SCRIPTED_PREFIX = "scripted:"
+# fetch(uri, dest): copy the remote object ``uri`` to the local file ``dest``; errors are ogpo errors
+Fetch = Callable[[str, Path], object]
+log = logging.getLogger(__name__)
+
+
+def is_remote(source: str) -> bool:
+    """Whether ``source`` is a URI such as ``s3://bucket/key`` (not a path, ``file://`` or ``scripted:``)."""
+    scheme, sep, _ = source.partition("://")
+    return bool(sep) and scheme != "file" and scheme.replace("+", "").replace("-", "").isalnum()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -85,11 +98,16 @@ def summarize(
 
 
 def _from_file(local: Path, spec: TaskSpec, count: int | None, filter_key: str | None):
-    ds: Dataset = read_robomimic(local, task=spec.name, filter_key=filter_key)
-    if count is not None and count > len(ds):
-        subset = f" in mask {filter_key!r}" if filter_key else ""
-        raise ConfigError(f"ingest: asked for {count} demos but {local} has {len(ds)}{subset}")
-    episodes = ds.episodes[:count] if count is not None else ds.episodes
+    """Read (replaying states when the file has no observations) and clip actions as robosuite's controller."""
+    ds: Dataset = read_robomimic(local, task=spec.name, filter_key=filter_key, clip=True, limit=count)
+    if ds.actions_clipped:
+        log.info(
+            "%s: clipped %d action values to [-1, 1] as robosuite's controller does (largest |action| %.4g)",
+            local,
+            ds.actions_clipped,
+            ds.action_abs_max,
+        )
+    episodes = ds.episodes
     names = {e.name for e in episodes}
     masks = {k: [n for n in v if n in names] for k, v in ds.masks.items()}
     masks = {k: v for k, v in masks.items() if v}
@@ -98,7 +116,8 @@ def _from_file(local: Path, spec: TaskSpec, count: int | None, filter_key: str |
     args = dict(ds.env_args)
     args.setdefault("env_name", spec.robosuite_env)
     args["ogpo"] = {**args.get("ogpo", {}), "task": spec.name, "obs_keys": list(spec.obs_keys)}
-    return episodes, masks, args, ds.source_format
+    clipping = {"actions_clipped": ds.actions_clipped, "actions_abs_max_source": ds.action_abs_max}
+    return episodes, masks, args, ds.source_format, clipping
 
 
 def ingest(
@@ -112,12 +131,17 @@ def ingest(
     *,
     summary_path: str | os.PathLike | None = None,
     num_workers: int = 2,
+    fetch: Fetch | None = None,
 ) -> dict[str, Any]:
     """Ingest ``source`` for ``task`` into ``out_path`` (robomimic HDF5) and a JSON summary; returns it.
 
-    source: a local file (robomimic or raw robosuite), ``s3://bucket/key`` (boto3, endpoint and credentials
-    from the environment) or ``scripted:<task>`` (needs ``count``; ``seed`` and ``noise`` apply).
-    ``filter_key`` selects ``mask/<key>`` of a file source, then ``count`` keeps the first demos.
+    source: a local file (robomimic, robomimic without observations as convert_robosuite.py leaves it, or raw
+    robosuite: the last two are replayed from their states), a remote URI such as ``s3://bucket/key`` (read through
+    ``fetch(uri, dest)``, which copies it to a temporary local file, deleted afterwards; no ``fetch`` is a
+    ConfigError) or ``scripted:<task>`` (needs ``count``; ``seed`` and ``noise`` apply).
+    ``filter_key`` selects ``mask/<key>`` of a file source, then ``count`` keeps the first demos. Actions of a
+    file source are clipped to [-1, 1] as robosuite's controller does; the summary counts the clipped values
+    (``actions_clipped``) and gives the largest |action| before clipping (``actions_abs_max_source``).
     The summary goes to ``summary_path`` (default: out_path with suffix ``.json``). Bad input raises an
     ogpo error (DemoFormatError, StorageError, ConfigError, EnvError) and writes nothing.
     """
@@ -152,15 +176,24 @@ def ingest(
         args = env_args(spec)
         args["ogpo"].update({"scripted": True, "seed": seed, "noise": float(noise)})
         extra["source_format"] = "scripted"
-    elif source.startswith("s3://"):
-        from ogpo.data import s3
-
-        s3.parse_s3_uri(source)
+        abs_max = float(np.abs(np.concatenate([e.actions for e in episodes])).max())
+        clipping = {"actions_clipped": 0, "actions_abs_max_source": abs_max}  # the experts clip their own actions
+    elif is_remote(source):
+        if fetch is None:
+            raise ConfigError(
+                f"ingest: source {source!r} is a remote object and no fetch function was given to copy it to a "
+                "local file (the library reads local files only)"
+            )
         tmpdir = Path(tempfile.mkdtemp(prefix="ogpo-ingest-"))
+        local = tmpdir / "source.hdf5"
         try:
-            local = s3.download(source, tmpdir / "source.hdf5")
+            fetch(source, local)
+            if not local.is_file():
+                raise ConfigError(f"ingest: fetching {source!r} wrote no file")
             extra["source_sha256"] = file_sha256(local)
-            episodes, masks, args, fmt = _from_file(local, spec, count, filter_key)
+            episodes, masks, args, fmt, clipping = _from_file(local, spec, count, filter_key)
+        except (DemoFormatError, ConfigError) as e:  # name the object, not its temporary copy
+            raise type(e)(str(e).replace(str(local), source)) from None
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
         extra["source_format"] = fmt
@@ -168,9 +201,10 @@ def ingest(
         local = Path(source[len("file://") :] if source.startswith("file://") else source)
         if local.resolve() == out_path.resolve():
             raise ConfigError(f"ingest: output path {out_path} is the source file itself")
-        episodes, masks, args, fmt = _from_file(local, spec, count, filter_key)
+        episodes, masks, args, fmt, clipping = _from_file(local, spec, count, filter_key)
         extra["source_sha256"] = file_sha256(local)
         extra["source_format"] = fmt
+    extra.update(clipping)
 
     summary = summarize(episodes, spec, masks, extra)
     write_robomimic(out_path, episodes, args, task=spec.name, masks=masks)

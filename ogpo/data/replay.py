@@ -8,7 +8,7 @@ Storage is torch tensors on one device, so on a GPU sampling never leaves the de
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -32,21 +32,39 @@ class SequenceBatch:
     next_obs: torch.Tensor
     valid: torch.Tensor
     start: torch.Tensor  # [B] buffer index of s_t (to look up per-step extras such as MC returns)
+    rewards: torch.Tensor | None = None  # [B, H] the per-step rewards r_{t+i} (past an episode end: not masked)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # per-chunk columns at s_t, [B, dim] each
 
     def __len__(self) -> int:
         return self.obs.shape[0]
 
     def slice(self, n: int) -> SequenceBatch:
-        return SequenceBatch(**{f.name: getattr(self, f.name)[:n] for f in fields(self)})
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: (v[:n] if torch.is_tensor(v) else v) for k, v in out.items()}
+        out["extras"] = {k: v[:n] for k, v in self.extras.items()}
+        return SequenceBatch(**out)
 
 
 class ReplayBuffer:
     """Ring buffer of primitive transitions; ``sample`` draws sequences, ``sample(success_only=True)`` the
-    success-buffer view (starts inside successful episodes)."""
+    success-buffer view (starts inside successful episodes), ``sample(chunk_starts_only=True)`` the executed
+    chunks (starts where the rollout drew a new chunk).
 
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: str | torch.device = "cpu") -> None:
+    ``extras`` names per-chunk columns (name -> width) an algorithm stores with each chunk's first step, such
+    as DSRL's latent noise; steps inside a chunk hold zeros there.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        obs_dim: int,
+        act_dim: int,
+        device: str | torch.device = "cpu",
+        extras: dict[str, int] | None = None,
+    ) -> None:
         check_positive_int("replay capacity", capacity)
         self.capacity, self.obs_dim, self.act_dim = capacity, obs_dim, act_dim
+        self.extra_dims = dict(extras or {})
         self.device = torch.device(device)
         z = dict(device=self.device)
         self.obs = torch.zeros(capacity, obs_dim, **z)
@@ -56,11 +74,14 @@ class ReplayBuffer:
         self.terminated = torch.zeros(capacity, **z)
         self.done = torch.zeros(capacity, **z)
         self.success = torch.zeros(capacity, dtype=torch.bool, **z)
+        self.chunk_start = torch.zeros(capacity, dtype=torch.bool, **z)
+        self.extras = {k: torch.zeros(capacity, d, **z) for k, d in self.extra_dims.items()}
         self.ptr = 0
         self.size = 0
         self.episodes = 0
         self.successful_episodes = 0
         self._succ_idx: torch.Tensor | None = None
+        self._chunk_idx: torch.Tensor | None = None
 
     # ---- writing ---------------------------------------------------------------------------------------
     def add_episode(
@@ -71,8 +92,13 @@ class ReplayBuffer:
         next_obs: np.ndarray | torch.Tensor,
         terminated: bool,
         success: bool,
+        chunk_start: np.ndarray | torch.Tensor | None = None,
+        extras: dict[str, np.ndarray | torch.Tensor] | None = None,
     ) -> None:
-        """Append one finished episode of T steps. The last step is terminated or truncated (time limit)."""
+        """Append one finished episode of T steps. The last step is terminated or truncated (time limit).
+
+        chunk_start [T] marks the steps where a new action chunk began (default: none marked); extras maps
+        each of this buffer's extra columns to [T, dim] values (default zeros)."""
         obs_t = torch.as_tensor(np.asarray(obs), dtype=torch.float32, device=self.device)
         T = obs_t.shape[0]
         if T == 0:
@@ -103,11 +129,29 @@ class ReplayBuffer:
         self.terminated[idx] = term
         self.done[idx] = done
         self.success[idx] = bool(success)
+        starts = torch.zeros(T, dtype=torch.bool) if chunk_start is None else torch.as_tensor(np.asarray(chunk_start))
+        if tuple(starts.shape) != (T,):
+            raise ShapeError(f"replay episode chunk_start: expected shape [{T}], got {list(starts.shape)}")
+        self.chunk_start[idx] = starts.to(device=self.device, dtype=torch.bool)
+        extras = extras or {}
+        unknown = sorted(set(extras) - set(self.extras))
+        if unknown:
+            raise ShapeError(f"replay episode extras {unknown} are not columns of this buffer {sorted(self.extras)}")
+        for name, col in self.extras.items():
+            if name in extras:
+                x = torch.as_tensor(np.asarray(extras[name]), dtype=torch.float32)
+                if tuple(x.shape) != (T, col.shape[1]):
+                    raise ShapeError(f"replay episode extra {name}: expected shape [{T}, {col.shape[1]}], "
+                                     f"got {list(x.shape)}")  # fmt: skip
+                col[idx] = x.to(self.device)
+            else:
+                col[idx] = 0.0
         self.ptr = (self.ptr + T) % self.capacity
         self.size = min(self.size + T, self.capacity)
         self.episodes += 1
         self.successful_episodes += int(bool(success))
         self._succ_idx = None
+        self._chunk_idx = None
 
     # ---- reading ---------------------------------------------------------------------------------------
     @property
@@ -123,6 +167,16 @@ class ReplayBuffer:
             self._succ_idx = torch.nonzero(self.success[: self.size]).squeeze(-1)
         return self._succ_idx
 
+    @property
+    def num_chunks(self) -> int:
+        """Executed chunks held (steps marked as chunk starts)."""
+        return int(self._chunk_indices().numel())
+
+    def _chunk_indices(self) -> torch.Tensor:
+        if self._chunk_idx is None:
+            self._chunk_idx = torch.nonzero(self.chunk_start[: self.size]).squeeze(-1)
+        return self._chunk_idx
+
     def sample(
         self,
         batch_size: int,
@@ -130,15 +184,22 @@ class ReplayBuffer:
         gamma: float,
         generator: torch.Generator | None = None,
         success_only: bool = False,
+        chunk_starts_only: bool = False,
     ) -> SequenceBatch:
-        """Draw ``batch_size`` length-H sequences with uniformly random starts (spec 2.2)."""
+        """Draw ``batch_size`` length-H sequences with uniformly random starts (spec 2.2).
+
+        ``next_obs`` is s_{t+H}, or the next state of the episode's last step when the episode ends inside the
+        sequence (such rows have valid[:, -1] = 0; a time-limit truncation there still has a true next state).
+        """
         check_positive_int("H", H)
         if self.size == 0:
             raise ConfigError("replay: cannot sample from an empty buffer")
-        if success_only:
-            pool = self._success_indices()
+        if success_only and chunk_starts_only:
+            raise ConfigError("replay: success_only and chunk_starts_only cannot be combined")
+        if success_only or chunk_starts_only:
+            pool = self._success_indices() if success_only else self._chunk_indices()
             if pool.numel() == 0:
-                raise ConfigError("replay: success buffer is empty")
+                raise ConfigError(f"replay: {'success buffer' if success_only else 'chunk-start index'} is empty")
             pick = torch.randint(pool.numel(), (batch_size,), generator=generator, device=self.device)
             start = pool[pick]
         else:
@@ -153,37 +214,43 @@ class ReplayBuffer:
         if self.size < self.capacity:
             valid = valid * (idx < self.size).float()
         disc = gamma ** offs.float()
-        R = (self.rewards[idx] * disc).sum(1)
+        rewards = self.rewards[idx]
+        R = (rewards * disc).sum(1)
         mask = (1.0 - self.terminated[idx]).prod(1)
+        last = idx.gather(1, (valid.sum(1, keepdim=True).long() - 1).clamp_min(0)).squeeze(1)
         return SequenceBatch(
             obs=self.obs[start],
             actions=self.actions[idx],
             R=R,
             mask=mask,
-            next_obs=self.next_obs[idx[:, -1]],
+            next_obs=self.next_obs[last],
             valid=valid,
             start=start,
+            rewards=rewards,
+            extras={k: v[start] for k, v in self.extras.items()},
         )
 
     # ---- persistence (resumable training) ----------------------------------------------------------------
+    def _columns(self) -> dict[str, torch.Tensor]:
+        cols = {name: getattr(self, name) for name in _COLUMNS}
+        return cols | {f"extra.{k}": v for k, v in self.extras.items()}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         n = self.size
-        return {
-            "obs": self.obs[:n].cpu() if n < self.capacity else self.obs.cpu(),
-            "next_obs": self.next_obs[:n].cpu() if n < self.capacity else self.next_obs.cpu(),
-            "actions": self.actions[:n].cpu() if n < self.capacity else self.actions.cpu(),
-            "rewards": self.rewards[:n].cpu() if n < self.capacity else self.rewards.cpu(),
-            "terminated": self.terminated[:n].cpu() if n < self.capacity else self.terminated.cpu(),
-            "done": self.done[:n].cpu() if n < self.capacity else self.done.cpu(),
-            "success": self.success[:n].cpu() if n < self.capacity else self.success.cpu(),
-            "counters": torch.tensor([self.ptr, self.size, self.episodes, self.successful_episodes]),
-        }
+        out = {name: col[:n].cpu() for name, col in self._columns().items()}
+        return out | {"counters": torch.tensor([self.ptr, self.size, self.episodes, self.successful_episodes])}
 
     def load_state_tensors(self, t: dict[str, torch.Tensor]) -> None:
         ptr, size, episodes, succ = (int(v) for v in t["counters"])
         if size > self.capacity:
             raise ConfigError(f"replay state holds {size} steps, more than capacity {self.capacity}")
-        for name in ("obs", "next_obs", "actions", "rewards", "terminated", "done", "success"):
-            getattr(self, name)[: t[name].shape[0]] = t[name].to(self.device)
+        for name, col in self._columns().items():
+            if name not in t:
+                raise ConfigError(f"replay state has no column {name!r}")
+            col[: t[name].shape[0]] = t[name].to(self.device)
         self.ptr, self.size, self.episodes, self.successful_episodes = ptr, size, episodes, succ
         self._succ_idx = None
+        self._chunk_idx = None
+
+
+_COLUMNS = ("obs", "next_obs", "actions", "rewards", "terminated", "done", "success", "chunk_start")

@@ -220,6 +220,41 @@ def ogpo_reward(success: bool | np.ndarray, bonus: float = SUCCESS_BONUS) -> np.
     return float(r) if r.ndim == 0 else r
 
 
+# Rendering: the bodies a rollout video frames per robosuite env (with the robots' bases and end-effectors);
+# Can and Square include their goal (Can's target-bin marker, Square's peg), Transport all bins and objects.
+FOCUS_BODIES: dict[str, tuple[str, ...]] = {
+    "Lift": ("cube_main",),
+    "PickPlaceCan": ("Can_main", "VisualCan_main"),
+    "NutAssemblySquare": ("SquareNut_main", "peg1"),
+    "ToolHang": ("stand_root", "frame_root", "tool_root"),
+    "TwoArmTransport": (
+        "payload_root",
+        "trash_main",
+        "transport_start_bin_root",
+        "transport_target_bin_root",
+        "transport_trash_bin_root",
+    ),
+}
+_BOX_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
+
+
+def _focus_body_ids(env: RobosuiteEnv) -> np.ndarray:
+    """Ids of the task's focus bodies and all their descendants (cached per model); empty if none is known."""
+    model, wanted = env.raw.sim.model, FOCUS_BODIES.get(env.spec.robosuite_env, ())
+    cached = getattr(env, "_focus_ids", None)
+    if cached is not None and cached[0] is model and cached[1] == wanted:
+        return cached[2]
+    names = [model.body_id2name(i) for i in range(model.nbody)]
+    ids = {names.index(n) for n in wanted if n in names}
+    parent = model._model.body_parentid
+    for i in range(1, model.nbody):  # parents come before children in MuJoCo's body order
+        if parent[i] in ids:
+            ids.add(i)
+    out = np.array(sorted(ids), dtype=np.int64)
+    env._focus_ids = (model, wanted, out)
+    return out
+
+
 class RobosuiteEnv:
     """One robosuite task, gym-like: ``reset(seed) -> obs``; ``step(a) -> obs, r, terminated, truncated, info``.
 
@@ -367,13 +402,49 @@ class RobosuiteEnv:
             info["target_pos"] = np.asarray(env.sim.data.body_xpos[env.peg1_body_id], dtype=np.float64)
         return info
 
-    def render(self) -> np.ndarray:
-        """An ``[S, S, 3]`` uint8 frame from ``camera`` (offscreen; needs ``render=True``)."""
+    def render(self, size: int | None = None) -> np.ndarray:
+        """An ``[S, S, 3]`` uint8 frame from ``camera`` (offscreen; needs ``render=True``); S is ``render_size``
+        unless ``size`` is given (the video recorder renders larger, then crops and resizes)."""
         if not self.render_enabled:
             raise EnvError(f"task {self.spec.name}: render() needs RobosuiteEnv(..., render=True)")
-        s = self.render_size
+        s = int(size or self.render_size)
         img = self._env.sim.render(s, s, camera_name=self.camera)
         return np.ascontiguousarray(img[::-1], dtype=np.uint8)  # OpenGL rows are bottom-up
+
+    def focus_points(self) -> np.ndarray:
+        """World points ``[N, 3]`` a rollout video should keep in view: each robot's base and end-effector
+        site(s), and the 8 corners of every geom's bounding box in the task's object bodies
+        (``FOCUS_BODIES``). Empty when the task has no known object (the video then keeps the full frame)."""
+        sim = self._env.sim
+        bodies = _focus_body_ids(self)
+        if len(bodies) == 0:
+            return np.zeros((0, 3))
+        pts = []
+        for robot in self._env.robots:
+            pts.append(sim.data.body_xpos[sim.model.body_name2id(robot.robot_model.root_body)])
+            pts.extend(sim.data.site_xpos[robot.eef_site_id[arm]] for arm in robot.arms)
+        model, data = sim.model._model, sim.data._data
+        geoms = np.flatnonzero(np.isin(model.geom_bodyid, bodies))
+        aabb = model.geom_aabb[geoms]  # [G, 6]: centre and half-sizes in the geom frame
+        local = aabb[:, None, :3] + aabb[:, None, 3:] * _BOX_CORNERS[None]  # [G, 8, 3]
+        rot = data.geom_xmat[geoms].reshape(-1, 3, 3)
+        world = np.einsum("gij,gkj->gki", rot, local) + data.geom_xpos[geoms][:, None]
+        return np.concatenate([np.asarray(pts, dtype=np.float64).reshape(-1, 3), world.reshape(-1, 3)])
+
+    def project_points(self, points: np.ndarray, size: int | None = None) -> np.ndarray:
+        """Pixel coordinates ``[N, 2]`` as (column, row) floats of world points in a ``size`` frame of
+        ``camera`` (rows top-down, as ``render()`` returns them); NaN for points behind the camera.
+
+        The matrix is robosuite's ``camera_utils.get_camera_transform_matrix``; unlike its
+        ``project_points_from_world_to_camera`` nothing is rounded or clipped, so callers see points that
+        fall outside the frame."""
+        from robosuite.utils.camera_utils import get_camera_transform_matrix
+
+        s = int(size or self.render_size)
+        m = get_camera_transform_matrix(self._env.sim, self.camera, s, s)
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        h = np.concatenate([pts, np.ones((len(pts), 1))], axis=1) @ m.T
+        return h[:, :2] / np.where(h[:, 2:3] > 1e-9, h[:, 2:3], np.nan)
 
     def close(self) -> None:
         env, self._env = getattr(self, "_env", None), None

@@ -37,13 +37,15 @@ class GCPConfig:
 
     def validate(self) -> None:
         """ConfigError naming the first bad field (run by params loading, before any work)."""
+        from ogpo.errors import ConfigError
         from ogpo.gcp import GCP_KINDS
+        from ogpo.gcp.diffusion import BETA_SCHEDULES
         from ogpo.gcp.flow import validate_gcp_config
 
         if self.kind not in GCP_KINDS:
-            from ogpo.errors import ConfigError
-
             raise ConfigError(f"gcp.kind must be one of {sorted(GCP_KINDS)}, got {self.kind!r}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"gcp.beta_schedule must be one of {sorted(BETA_SCHEDULES)}, got {self.beta_schedule!r}")
         validate_gcp_config(self)
 
 
@@ -75,8 +77,12 @@ class GCP(nn.Module):
         obs: torch.Tensor,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        *,
+        x0: torch.Tensor | None = None,
     ) -> ChainSample:
-        """Sample one chain per row of obs [B, obs_dim]. Deterministic = ODE / DDIM (evaluation)."""
+        """Sample one chain per row of obs [B, obs_dim]. Deterministic = ODE / DDIM (evaluation).
+
+        ``x0`` [B, H*d_a] gives the initial noise (default: drawn from N(0, I) with ``generator``)."""
         raise NotImplementedError
 
     def log_prob(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:

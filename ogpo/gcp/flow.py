@@ -43,8 +43,8 @@ def validate_gcp_config(cfg: GCPConfig) -> None:
     check_positive_int("gcp.time_dim", cfg.time_dim, minimum=4)
     if cfg.time_dim % 2:
         raise ConfigError(f"gcp.time_dim must be even (sin||cos halves), got {cfg.time_dim}")
-    if not isinstance(cfg.hidden, list | tuple):
-        raise ConfigError(f"gcp.hidden must be a list of layer widths, got {cfg.hidden!r}")
+    if not isinstance(cfg.hidden, list | tuple) or not cfg.hidden:
+        raise ConfigError(f"gcp.hidden must be a non-empty list of layer widths, got {cfg.hidden!r}")
     for j, h in enumerate(cfg.hidden):
         check_positive_int(f"gcp.hidden[{j}]", h)
     _check_positive_float("gcp.sigma0", cfg.sigma0)
@@ -108,10 +108,13 @@ class GaussianChainGCP(GCP):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
         *,
+        x0: torch.Tensor | None = None,
         validate: bool = True,
     ) -> ChainSample:
         """Draw one chain per row of obs [B, obs_dim] (no gradient; the chain is data for the PPO ratio).
 
+        ``x0`` [B, H*d_a] starts the chain from a given initial noise instead of N(0, I): with
+        ``deterministic=True`` the same (obs, x0) always gives the same chunk (DSRL's noise-to-action map).
         ``generator`` must live on the module's device. ``validate=False`` skips the finiteness check (its one
         host sync) for hot loops whose inputs are already known to be finite.
         """
@@ -119,7 +122,11 @@ class GaussianChainGCP(GCP):
         B, K, D = obs.shape[0], self.cfg.K, self.chunk_dim
         c = self.cfg.randn_clip
         with torch.no_grad():
-            x = torch.randn(B, D, generator=generator, device=obs.device, dtype=self._dtype)
+            if x0 is None:
+                x = torch.randn(B, D, generator=generator, device=obs.device, dtype=self._dtype)
+            else:
+                check_shape("x0", x0, (B, D))
+                x = x0.to(dtype=self._dtype)
             chain = x.new_empty(B, K + 1, D)
             chain[:, 0] = x
             emb = self.time_emb(self.tau_grid)  # [K, time_dim], once per call

@@ -141,7 +141,7 @@ def test_compose_config_validates_and_wires_the_stack() -> None:
     for name in ("cpu-worker", "gpu-worker", "deploy"):
         env = services[name]["environment"]
         assert env["PREFECT_API_URL"] == "http://prefect:4200/api"
-        assert env["OGPO_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+        assert env["OGPO_S3_ENDPOINT"] == "http://seaweedfs:8333"
         assert env["AWS_SECRET_ACCESS_KEY"] == COMPOSE_ENV["AWS_SECRET_ACCESS_KEY"]
         assert env["OGPO_S3_BUCKET"]
     assert services["seaweedfs"]["environment"]["AWS_ACCESS_KEY_ID"] == COMPOSE_ENV["AWS_ACCESS_KEY_ID"]
@@ -183,7 +183,7 @@ def test_compose_file_holds_no_secret_values() -> None:
 # --------------------------------------------------------------------------------------------- entrypoint
 FULL_ENV = {
     "OGPO_S3_BUCKET": "ogpo",
-    "OGPO_S3_ENDPOINT_URL": "http://127.0.0.1:8333",
+    "OGPO_S3_ENDPOINT": "http://127.0.0.1:8333",
     "AWS_ACCESS_KEY_ID": "AKIDTEST",
     "AWS_SECRET_ACCESS_KEY": SECRET,
     "PREFECT_API_URL": "http://127.0.0.1:4200/api",
@@ -204,7 +204,7 @@ def test_entrypoint_runs_the_command_with_everything_set() -> None:
 
 @pytest.mark.parametrize(
     "drop",
-    ["OGPO_S3_BUCKET", "OGPO_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
+    ["OGPO_S3_BUCKET", "OGPO_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"],
 )
 def test_entrypoint_refuses_and_names_the_missing_variable(drop: str) -> None:
     env = {k: v for k, v in FULL_ENV.items() if k != drop}
@@ -220,12 +220,12 @@ def test_entrypoint_refuses_and_names_the_missing_variable(drop: str) -> None:
 def test_entrypoint_lists_everything_missing_at_once() -> None:
     res = _entry({}, "true")
     assert res.returncode == 64
-    for name in ("OGPO_S3_BUCKET", "OGPO_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+    for name in ("OGPO_S3_BUCKET", "OGPO_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert name in res.stderr
 
 
 def test_entrypoint_endpoint_alternatives_and_profile() -> None:
-    env = {k: v for k, v in FULL_ENV.items() if k != "OGPO_S3_ENDPOINT_URL"}
+    env = {k: v for k, v in FULL_ENV.items() if k != "OGPO_S3_ENDPOINT"}
     assert _entry(env | {"AWS_ENDPOINT_URL": "http://s3:8333"}, "true").returncode == 0
     assert _entry(env | {"AWS_ENDPOINT_URL_S3": "http://s3:8333"}, "true").returncode == 0
     keyless = {k: v for k, v in FULL_ENV.items() if not k.startswith("AWS_")}

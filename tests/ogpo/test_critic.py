@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from ogpo.agents.ogpo import best_of_n_index, group_advantages, ppo_clip_loss
+from ogpo.algos.ogpo import best_of_n_index, group_advantages, ppo_clip_loss
 from ogpo.critic import CriticConfig, CriticEnsemble, CriticPair, critic_loss, td_target
 from ogpo.errors import ShapeError
 from ogpo.nets import ema_update_

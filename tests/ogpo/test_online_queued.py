@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from ogpo.agents.ogpo import OGPOAgent, OGPOConfig
 from ogpo.agents.online import OnlineConfig, OnlineTrainer
+from ogpo.algos import RunSeeds
+from ogpo.algos.ogpo import OGPOAgent, OGPOConfig
 from ogpo.critic import CriticConfig
 from ogpo.data.replay import ReplayBuffer
 from ogpo.envs.vector import make_vector_env
@@ -47,7 +48,7 @@ def _train(wrap) -> tuple[list[dict], dict[str, torch.Tensor], OnlineTrainer]:
         trainer = OnlineTrainer(
             agent, wrap(env), wrap(eval_env), ReplayBuffer(1000, OBS, ACT),
             OnlineConfig(total_env_steps=64, start_training=20, utd=0.25, eval_every=32, eval_episodes=3,
-                         checkpoint_every=10**9, log_every=10**9, seed=0),
+                         checkpoint_every=10**9, log_every=10**9), RunSeeds(0),
         )  # fmt: skip
         trainer.run(on_eval=rows.append)
     finally:

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from ogpo.errors import ConfigError, OGPOError
-from ogpo.report import ReportInputError, build_report, fmt_duration, load_report_inputs
+from ogpo.plots import HLine, Interval, Series, format_number, interval_plot, line_plot
+from ogpo.report import ReportInputError, build_report, curve_intervals, load_report_inputs
 from ogpo.stats import wilson_interval
-from ogpo.svgplot import HLine, Series, line_plot, nice_ticks
-from stages.report import artifact_paths, run
+from ogpo.templating import fmt_duration
+from stages.report import artifact_paths, eval_episodes, run
 
 CURVE_COLUMNS = [
     "env_steps",
@@ -57,7 +58,9 @@ def write_artifacts(root: Path, *, optional: bool = True, n_videos: int = 2) -> 
                 [step, "" if s is None else s, 0.5 + step / 6e4, 120 - step / 500, -0.01, 0.2 / (1 + step / 1e4)]
                 + [0.05, 0.0, 0.01, 0.1, 0.3 + step / 1e5, step / 50]
             )
-    (root / "params.yaml").write_text("report:\n  title: Lift test report\n  max_videos: 3\nfinetune:\n  G: 32\n")
+    (root / "params.yaml").write_text(
+        "report:\n  title: Lift test report\n  max_videos: 3\nfinetune:\n  G: 32\n  online:\n    eval_episodes: 100\n"
+    )
     ev = {
         "bc": {"success": 0.42, "successes": 42, "n": 100, "mean_return": 0.42, "mean_length": 151.3},
         "finetuned": {"success": 0.89, "successes": 89, "n": 100, "mean_return": 0.89, "mean_length": 64.2},
@@ -88,7 +91,10 @@ def write_artifacts(root: Path, *, optional: bool = True, n_videos: int = 2) -> 
 
 
 def _load(root: Path, **kw: object):
-    return load_report_inputs(artifact_paths(root), title="Lift test report", git_rev="deadbeef" * 5, **kw)
+    paths = artifact_paths(root)
+    kw.setdefault("eval_episodes", eval_episodes(paths.params))  # what the stage passes
+    kw.setdefault("eval_episodes_source", "params.yaml finetune.online.eval_episodes")
+    return load_report_inputs(paths, title="Lift test report", git_rev="deadbeef" * 5, **kw)
 
 
 class _Tags(HTMLParser):
@@ -124,7 +130,8 @@ def test_full_report(tmp_path: Path) -> None:
     assert tags.counts["svg"] == 13
     assert tags.counts["table"] == 4  # steps-to-reach, BC vs fine-tuned, timings, provenance
     assert tags.counts["img"] == 2
-    assert tags.urls and all(u.startswith("data:image/gif;base64,") for u in tags.urls)
+    external = [u for u in tags.urls if not u.startswith("#")]  # "#id": an SVG marker or clip path of the page
+    assert len(external) == 2 and all(u.startswith("data:image/gif;base64,") for u in external)
     assert "http://" not in html and "https://" not in html and "<script" not in html
     text = _text(html)
     # BC vs fine-tuned with Wilson intervals recomputed from the counts
@@ -141,9 +148,56 @@ def test_full_report(tmp_path: Path) -> None:
     assert "total 24 min 18 s" in text
     assert "ab12cd34" * 8 in text and "deadbeef" * 5 in text
     assert "max_videos: 3" in text
-    # the BC level is drawn on the learning curve as a dashed horizontal line
+    # the BC level and the final evaluation are dashed horizontal lines on the learning curve; the curve has
+    # its Wilson band and starts with the BC policy's point at step 0 (with its error bar)
     learning = html[html.index('id="learning"') : html.index('id="comparison"')]
-    assert learning.count('class="hline"') == 2 and "BC start 42%" in learning
+    assert len(re.findall(r'id="learning-curve-hline-\d+"', learning)) == 2 and "BC start 42%" in learning
+    assert 'id="learning-curve-series-0-band"' in learning and 'id="learning-curve-series-1"' in learning
+    assert "BC policy at step 0 (42/100)" in learning and "over its 100 evaluation episodes" in _text(learning)
+    # params file named by the caller, not by the library
+    assert "params.yaml sha256" in text
+
+
+def test_report_is_byte_reproducible(tmp_path: Path) -> None:
+    write_artifacts(tmp_path)
+    inputs = _load(tmp_path)
+    inputs.generated_at = "2024-01-02T03:04:05+00:00"
+    html = build_report(inputs)
+    assert build_report(inputs) == html  # SVG ids are salted per figure, no dates in the SVG metadata
+    ids = re.findall(r'\sid="([^"]+)"', html)
+    assert len(ids) == len(set(ids)), "element ids must be unique across the page's figures"
+    assert "generated 2024-01-02T03:04:05+00:00" in _text(html)
+
+
+def test_learning_curve_wilson_intervals(tmp_path: Path) -> None:
+    write_artifacts(tmp_path)
+    steps, success, low, high, notes = curve_intervals(_load(tmp_path))
+    assert steps == sorted(SUCCESS) and success == [SUCCESS[s] for s in steps] and notes == []
+    assert (low[2], high[2]) == pytest.approx(wilson_interval(55, 100))
+    # an episodes column wins over the configured count
+    (tmp_path / "plots/learning_curve.csv").write_text("env_steps,success,episodes\n0,0.25,4\n1000,,\n2000,0.5,20\n")
+    inputs = _load(tmp_path)
+    steps, _, low, high, notes = curve_intervals(inputs)
+    assert steps == [0, 2000] and notes == [] and 'id="diagnostics"' not in build_report(inputs)
+    assert (low[0], high[0]) == pytest.approx(wilson_interval(1, 4))
+    assert (low[1], high[1]) == pytest.approx(wilson_interval(10, 20))
+    # a rate that is no whole count over n: nearest count, and a note
+    (tmp_path / "plots/learning_curve.csv").write_text("env_steps,success,episodes\n0,0.3,4\n")
+    *_, notes = curve_intervals(_load(tmp_path))
+    assert len(notes) == 1 and "nearest count" in notes[0]
+
+
+def test_learning_curve_without_episode_count(tmp_path: Path) -> None:
+    write_artifacts(tmp_path)
+    _edit(tmp_path / "params.yaml", "    eval_episodes: 100\n", "")
+    inputs = _load(tmp_path)
+    assert inputs.eval_episodes is None
+    assert any(
+        "finetune.online.eval_episodes is unknown" in n and "without Wilson intervals" in n for n in inputs.notes
+    )
+    html = build_report(inputs)
+    assert "-band" not in html and "Wilson interval (shaded)" not in html
+    assert "BC policy at step 0 (42/100)" in html  # the step-0 point does not need the curve's count
 
 
 def test_missing_optional_inputs_give_notes(tmp_path: Path) -> None:
@@ -168,7 +222,8 @@ def test_curve_without_evaluations(tmp_path: Path) -> None:
     inputs = _load(tmp_path)
     assert any("no periodic evaluation" in n for n in inputs.notes)
     text = _text(build_report(inputs))
-    assert "50% not reached best evaluation —" in text and "no data" in text
+    assert "50% not reached best evaluation —" in text and "(0 evaluations)" in text
+    assert "BC policy at step 0 (42/100)" in text  # the curve still shows where fine-tuning started
 
 
 def test_minimal_curve_columns(tmp_path: Path) -> None:
@@ -258,35 +313,48 @@ def test_stage_params_are_checked_first(tmp_path: Path) -> None:
     assert not (tmp_path / "reports").exists()
 
 
-def test_nice_ticks() -> None:
-    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
-    assert nice_ticks(0, 30000) == [0, 5000, 10000, 15000, 20000, 25000, 30000]
-    assert nice_ticks(0.13, 0.92) == [0.2, 0.4, 0.6, 0.8]
-    assert nice_ticks(-3, 7, target=4) == [-2.5, 0, 2.5, 5]
-    assert nice_ticks(5, 5) == [5]
+def test_format_number() -> None:
+    assert [format_number(v) for v in (0, 0.25, 1500, 20000, 2.5e6, 3e9, 1e-5)] == [
+        "0",
+        "0.25",
+        "1500",
+        "20k",
+        "2.5M",
+        "3G",
+        "1e-05",
+    ]
 
 
-def test_line_plot_geometry_and_gaps() -> None:
-    svg = line_plot(
-        [Series("s", [0, 1, 2, 3, 4], [0.0, 1.0, math.nan, 0.5, 0.5])],
-        title="t <&>",
-        x_label="x",
-        y_label="y",
-        hlines=[HLine(0.25, "level", band=(0.2, 0.3))],
-        y_range=(0.0, 1.0),
-        width=400,
-        height=300,
-    )
-    assert "t &lt;&amp;&gt;" in svg  # labels are escaped
-    lines = re.findall(r'<polyline class="series" points="([^"]+)"', svg)
-    assert len(lines) == 2, "a NaN must break the line into two segments"
-    first = [tuple(map(float, p.split(","))) for p in lines[0].split()]
-    # plot area: x in [62, 400 - 14] for x = 0..4; y in [300 - 46, 30 + 18 (legend)] for y = 0..1
-    assert first == [(62.0, 254.0), (62.0 + (386 - 62) / 4, 48.0)]
-    hline_y = float(re.search(r'class="hline"[^>]*y1="([\d.]+)"', svg).group(1))
-    assert hline_y == pytest.approx(254 - 0.25 * (254 - 48), abs=0.1)
-    empty = line_plot([Series("none", [], [])], title="e", x_label="x", y_label="y")
-    assert "no data" in empty
+def _group(svg: str, gid: str) -> str:
+    """The markup of the SVG group with id ``gid`` (up to the next group)."""
+    start = svg.index(f'id="{gid}"')
+    return svg[start : svg.index("<g id=", start + 1)]
+
+
+def test_line_plot_svg_is_inline_deterministic_and_breaks_at_nan() -> None:
+    kw = dict(title="t <&>", x_label="x", y_label="y", hlines=[HLine(0.25, "level", band=(0.2, 0.3))], percent=True)
+    series = [Series("s", [0, 1, 2, 3, 4], [0.0, 1.0, math.nan, 0.5, 0.5], band=([0.0] * 5, [1.0] * 5))]
+    svg = line_plot(series, key="lp", y_range=(0.0, 1.0), **kw)
+    assert svg.startswith('<svg class="plot" id="fig-lp" role="img" aria-label="t &lt;&amp;&gt;"')
+    assert "t &lt;&amp;&gt;" in svg.split(">", 1)[1]  # the title text is escaped too
+    assert "<?xml" not in svg and "<metadata" not in svg and "http" not in svg and "<!DOCTYPE" not in svg
+    assert 'width="' not in svg.split(">", 1)[0]  # CSS sizes it; the viewBox keeps the aspect
+    assert line_plot(series, key="lp", y_range=(0.0, 1.0), **kw) == svg
+    other = line_plot(series, key="lp2", y_range=(0.0, 1.0), **kw)
+    assert set(re.findall(r'\sid="([^"]+)"', svg)).isdisjoint(re.findall(r'\sid="([^"]+)"', other))
+    path = re.search(r'<path d="([^"]+)"', _group(svg, "lp-series-0")).group(1)
+    assert path.count("M") == 2, "a NaN must break the line into two segments"
+    assert 'id="lp-series-0-band"' in svg and 'id="lp-hline-0"' in svg and "100%" in svg
+    assert "no data" in line_plot([Series("none", [], [])], key="empty", title="e", x_label="x", y_label="y")
+    with pytest.raises(ValueError, match="figure key"):
+        line_plot(series, key="bad key", **kw)
+
+
+def test_interval_plot_panels() -> None:
+    rows = [Interval("a", 0.4, 0.3, 0.5), Interval("b <i>", 0.8, 0.7, 0.9)]
+    svg = interval_plot({"IQM": rows, "Mean": rows}, key="iv", title="final", x_label="success", reference=0.5)
+    assert len(re.findall(r'id="iv-axes_\d+"', svg)) == 2
+    assert "IQM" in svg and "Mean" in svg and "b &lt;i&gt;" in svg
 
 
 def test_fmt_duration() -> None:

@@ -169,3 +169,25 @@ def git(repo: Path, *args: str) -> str:
         ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True, capture_output=True,
         text=True,
     ).stdout.strip()  # fmt: skip
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def same_process_alive(pid: int, start_ticks: int) -> bool:
+    """``pid`` is still the process that had ``start_ticks`` (not a reused pid) and has not exited."""
+    return serve._start_ticks(pid) == start_ticks and serve._state(pid) not in ("Z", "?")
+
+
+def wait_for(pred, timeout: float, step: float = 0.5):
+    """Poll ``pred()`` until it returns something truthy (returned) or ``timeout`` passes (returns the last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)

@@ -107,7 +107,9 @@ def test_tiny_profile_full_pipeline_and_pull(stack_ctx):
     print(f"tiny pipeline: first run {first:.0f} s, unchanged rerun {rerun:.0f} s")
 
 
-def test_nightly_schedule_visible_via_api(stack_ctx):
+def test_nightly_schedule_paused_by_default_and_switchable(stack_ctx):
+    """A local stack does not fire the 25-minute nightly run by itself; `--nightly` (set_nightly_schedule) turns the
+    02:30 UTC cron on, and turning it off again removes the runs the scheduler had created."""
     from prefect.client.schemas.filters import (
         DeploymentFilter,
         DeploymentFilterId,
@@ -117,21 +119,29 @@ def test_nightly_schedule_visible_via_api(stack_ctx):
     )
     from prefect.client.schemas.objects import StateType
 
+    def scheduled(c, dep):
+        return c.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))),
+        )  # fmt: skip
+
     with stack_ctx.client() as c:
         dep = c.read_deployment_by_name("ogpo/nightly-regression")
-        crons = [(s.schedule.cron, s.schedule.timezone) for s in dep.schedules if s.active]
-        assert ("30 2 * * *", "UTC") in crons
-        deadline = time.monotonic() + 60
+        assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in dep.schedules] == [
+            ("30 2 * * *", "UTC", False)
+        ]
+        assert not scheduled(c, dep)
+        assert serve.set_nightly_schedule(stack_ctx.stack.api_url, active=True) == 1
+        assert all(s.active for s in c.read_deployment_schedules(dep.id))
+        deadline = time.monotonic() + 90
         runs = []
         while not runs and time.monotonic() < deadline:  # the scheduler service fills them in
-            runs = c.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-                ),
-            )
+            runs = scheduled(c, dep)
             time.sleep(2)
-    assert runs and all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 30 for r in runs)
+        assert runs and all(r.expected_start_time.hour == 2 and r.expected_start_time.minute == 30 for r in runs)
+        serve.set_nightly_schedule(stack_ctx.stack.api_url, active=False)
+        assert not any(s.active for s in c.read_deployment_schedules(dep.id))
+        assert not scheduled(c, dep)
 
 
 def test_bad_parameters_rejected_before_a_worker_starts(stack_ctx):
@@ -143,7 +153,7 @@ def test_bad_parameters_rejected_before_a_worker_starts(stack_ctx):
         dep = c.read_deployment_by_name("ogpo/full-pipeline")
         only = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
         before = c.count_flow_runs(deployment_filter=only)
-        for bad in ({"rev": "--upload-pack=x"}, {"alpha": 2}, {"targets": ["a b"]}, {"mode": "all"}):
+        for bad in ({"rev": "--upload-pack=x"}, {"seeds": []}, {"targets": ["a b"]}, {"finetune_pool": "tpu"}):
             with pytest.raises(PrefectHTTPStatusError, match="Validation failed"):
                 c.create_flow_run_from_deployment(dep.id, parameters=bad)
     rc, out, run_id = deployment_run(stack_ctx, "ogpo/full-pipeline", {"profile": "huge"}, watch=False, timeout=60)
@@ -183,6 +193,59 @@ def test_seeds_fan_out_in_parallel_on_shared_upstream(stack_ctx):
         assert f"scale: {seed}" in git(ctx.fake, "show", f"results/seeds/seed-{seed}:params.yaml")
 
 
+def _commit_study(ctx, seeds: list[int]) -> None:
+    """A 2-algorithm toy study (tiny budget) committed in the repository the workers clone."""
+    study = ctx.origin / "studies/stacktiny/study.yaml"
+    if not study.exists():
+        res = subprocess.run(
+            [str(BIN / "python"), "-m", "stages.study", "new", "stacktiny", "--task", "toy", "--algos", "ogpo+ca,qc",
+             "--seeds", "0", "--budget", "1280", "--eval-every", "640"],
+            cwd=ctx.origin, capture_output=True, text=True,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+    doc = yaml.safe_load(study.read_text())
+    doc["study"] |= {"seeds": seeds, "eval_episodes": 16, "final_episodes": 32}
+    study.write_text(yaml.safe_dump(doc, sort_keys=False))
+    git(ctx.origin, "add", "studies/stacktiny")
+    git(ctx.origin, "commit", "-qm", f"study stacktiny: seeds {seeds}")
+
+
+def test_study_deployment_runs_each_algo_and_seed_once_then_only_a_new_seed(stack_ctx):
+    """`ogpo/study` on the real stack: 2 algorithms x 2 seeds, results in the bucket; adding a seed runs only it."""
+    import csv
+    import io
+
+    ctx = stack_ctx
+    _commit_study(ctx, [0, 1])
+    rc, out, run_id = deployment_run(ctx, "ogpo/study", {"study": "stacktiny"}, timeout=900)
+    assert rc == 0 and "Completed" in out, out[-3000:]
+    names = sorted(t.name for t in task_runs(ctx, run_id) if ":run@" in t.name)
+    assert names == [f"studies/stacktiny/dvc.yaml:run@{a}-{s}" for a in ("ogpo+ca", "qc") for s in (0, 1)], names
+    sha = git(ctx.origin, "rev-parse", "HEAD").strip()
+    prefix = f"studies/stacktiny/{sha[:12]}/"
+    assert sorted(k[len(prefix) :] for k in bucket_keys(ctx, prefix)) == ["report.html", "runs.csv", "summary.json"]
+    client = s3(ctx)
+    rows = list(csv.DictReader(io.StringIO(client.get_object(Bucket=ctx.stack.bucket, Key=prefix + "runs.csv")
+                                           ["Body"].read().decode())))  # fmt: skip
+    assert {(r["algo"], r["seed"]) for r in rows} == {("ogpo+ca", "0"), ("ogpo+ca", "1"), ("qc", "0"), ("qc", "1")}
+    summary = json.loads(client.get_object(Bucket=ctx.stack.bucket, Key=prefix + "summary.json")["Body"].read())
+    assert list(summary["algorithms"]) == ["ogpo+ca", "qc"]
+    html = client.get_object(Bucket=ctx.stack.bucket, Key=prefix + "report.html")["Body"].read().decode()
+    assert "<svg" in html and "qc" in html
+    md = artifact(ctx, run_id, "ogpo-study")
+    assert "| ogpo+ca | 2 |" in md and "| qc | 2 |" in md, md
+    assert "stages: 7 done, 0 running, 0 left of 7" in flow_logs(ctx, run_id)
+
+    _commit_study(ctx, [0, 1, 2])
+    rc, out, run_id = deployment_run(ctx, "ogpo/study", {"study": "stacktiny"}, timeout=900)
+    assert rc == 0 and "Completed" in out, out[-3000:]
+    md = artifact(ctx, run_id, "ogpo-study")
+    ran = md.split("Stage runs this time: ", 1)[1].split(")", 1)[0]
+    assert "run@ogpo+ca-2" in ran and "run@qc-2" in ran and "aggregate" in ran, md
+    assert not any(f"run@{a}-{s}" in ran for a in ("ogpo+ca", "qc") for s in (0, 1)), md  # finished runs: cached
+    assert "| ogpo+ca | 3 |" in md, md
+
+
 def test_degraded_checkpoint_fails_nightly_regression_with_report(stack_ctx):
     ctx = stack_ctx
     git(ctx.fake, "tag", "-f", "regression-baseline", "main")
@@ -201,6 +264,18 @@ def test_degraded_checkpoint_fails_nightly_regression_with_report(stack_ctx):
     report = artifact(ctx, run_id, "nightly-regression")
     assert "REGRESSION" in report and "3/20" in report and "18/20" in report and "alpha = 0.05" in report
     assert bucket_keys(ctx, "reports/regression/")
+
+
+def test_missing_regression_baseline_fails_with_a_clear_message(stack_ctx):
+    ctx = stack_ctx
+    rc, out, run_id = deployment_run(
+        ctx, "ogpo/nightly-regression", {"repo_url": str(ctx.fake), "rev": "main", "baseline_rev": "no-such-tag"},
+        timeout=300,
+    )  # fmt: skip
+    run = flow_run(ctx, run_id)
+    assert run.state.is_failed(), run.state
+    assert "the regression baseline 'no-such-tag' is not a revision of" in run.state.message, run.state.message
+    assert "git tag -f no-such-tag <rev>" in run.state.message
 
 
 def test_wrong_s3_credentials_fail_with_clear_error_and_no_secret(stack_ctx):
@@ -321,3 +396,80 @@ def test_killed_worker_flow_run_is_retried_and_resumes(stack_ctx):
     out_dir = _pull_and_compare(ctx, ctx.fake, "results/fault-worker")
     cfg = json.loads((out_dir / "config.json").read_text())
     assert cfg["steps"] == list(range(steps))  # resumed: no step lost, none repeated
+
+
+def test_worker_killed_alone_is_restarted_and_its_run_resumes_leaving_nothing(stack_ctx):
+    """kill -9 of the worker process only, during finetune: the supervisor ends what the worker left (engine,
+    dvc, stage), marks the run Crashed, removes its workspaces and restarts the worker; the crash automation
+    reschedules the run, which completes with no manual step and its finetune resumes from the mirrored state."""
+    from tests.pipeline.stackutil import cmdline, same_process_alive, wait_for
+
+    ctx = stack_ctx
+    steps = 12
+    params = {"repo_url": str(ctx.fake), "result_branch": "results/fault-worker-alone",
+              "overrides": {"finetune.steps": steps, "finetune.step_s": 1.0, "finetune.scale": 4.0}}  # fmt: skip
+    rc, out, run_id = deployment_run(ctx, "ogpo/full-pipeline", params, watch=False, timeout=60)
+    assert rc == 0, out
+    key = f"state/{run_id.replace('-', '')}/finetune/LATEST"
+    assert wait_for(lambda: key in bucket_keys(ctx, "state/"), 180), "no state snapshot was mirrored"
+    time.sleep(2)
+
+    def running_stage():  # (name, worker) whose descendants run this finetune stage
+        for name, proc in serve.load(ctx.stack.home).procs.items():
+            alive = name.startswith("worker-cpu") and proc.alive()
+            if alive and any("fake_stages.py finetune" in cmdline(p) for p in descendants(proc.pid)):
+                return name, proc
+        return None
+
+    found = wait_for(running_stage, 30)
+    assert found, "finetune is not running under a recorded cpu worker"
+    name, worker = found
+    left = [(p, serve._start_ticks(p)) for p in descendants(worker.pid)]  # engine, dvc, the stage
+    engine_cwd = Path(os.readlink(f"/proc/{left[0][0]}/cwd"))
+    work_dir = Path(worker.work_dir)
+    assert any(ws.is_dir() for ws in work_dir.iterdir()), "no workspace to clean up"
+    os.kill(worker.pid, signal.SIGKILL)  # the worker process only: its flow run and the stage are left running
+
+    run = wait_state(ctx, run_id, timeout=400)
+    assert run.state.is_completed(), run.state
+    assert run.run_count >= 2, run.run_count
+    logs = flow_logs(ctx, run_id)
+    assert "resuming finetune" in logs and "resuming at step" in logs, logs[-3000:]
+    out_dir = _pull_and_compare(ctx, ctx.fake, "results/fault-worker-alone")
+    assert json.loads((out_dir / "config.json").read_text())["steps"] == list(range(steps))
+
+    assert not [p for p, ticks in left if same_process_alive(p, ticks)], "processes of the dead worker remain"
+    now = serve.load(ctx.stack.home).procs[name]
+    assert now.pid != worker.pid and now.alive(), "the worker was not restarted"
+    sup_log = (ctx.stack.home / "logs" / "supervisor.log").read_text()
+    assert f"{name} (pid {worker.pid}) died" in sup_log and f"restarted {name}" in sup_log, sup_log[-2000:]
+    engine = left[0][0]  # the worker's child: its workspaces are named <hash>-<stage>-<engine pid>
+    gone = wait_for(lambda: not [ws for ws in work_dir.iterdir() if ws.name.endswith(f"-{engine}")], 20)
+    assert gone, f"workspaces of the dead run remain: {sorted(os.listdir(work_dir))}"
+    assert not engine_cwd.exists(), f"the killed flow run's code directory {engine_cwd} remains"
+
+
+def test_worker_add_joins_the_running_stack_and_is_supervised(stack_ctx):
+    """`ogpo worker add` on the running stack: a new cpu worker comes online in Prefect, is recorded, and the
+    supervisor restarts it when it dies."""
+    from tests.pipeline.stackutil import wait_for
+
+    ctx = stack_ctx
+    home = str(ctx.stack.home)
+    res = subprocess.run([str(BIN / "ogpo"), "worker", "add", "--home", home], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    name = res.stdout.split()[0]
+    proc = serve.load(ctx.stack.home).procs[name]
+    assert proc.alive() and proc.pool == "cpu"
+
+    def online(worker_name: str) -> bool:
+        with ctx.client() as c:
+            return any(w.name == worker_name and str(w.status.value).upper() == "ONLINE"
+                       for w in c.read_workers_for_work_pool("cpu"))  # fmt: skip
+
+    assert wait_for(lambda: online(f"ogpo-cpu-{proc.index}"), 60, 1), "the added worker never came online"
+    os.kill(proc.pid, signal.SIGKILL)
+    restarted = wait_for(lambda: (p := serve.load(ctx.stack.home).procs[name]).pid != proc.pid and p.alive(), 30)
+    assert restarted, "the supervisor did not restart the added worker"
+    status = subprocess.run([str(BIN / "ogpo"), "status", "--home", home], capture_output=True, text=True)
+    assert name in status.stdout and "watching the workers" in status.stdout, status.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import stat
 import subprocess
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 
 from ogpo.errors import ConfigError, OGPOError
 from stages.common import (
     Timer,
     atomic_path,
+    check_device,
+    check_device_name,
     git_revision,
     load_params,
     param,
@@ -141,6 +145,138 @@ def test_bad_params_name_the_key(tmp_path: Path, body: str, message: str) -> Non
     with pytest.raises(ConfigError, match=message) as info:
         _load(tmp_path, body)
     assert str(info.value).startswith(str(tmp_path / "params.yaml") + ": ")
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    body = "finetune: {task: lift, GG: 4, G: 1, lr: 0, net: {hidden: [8, 0], kindd: flow}}"
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, body)
+    parts = str(info.value).split("; ")
+    # unknown keys first (a typo explains the rest), outermost first; then pydantic's order of fields
+    assert parts[0].endswith("unknown key finetune.GG (did you mean finetune.G?)")
+    assert parts[2] == "unknown key finetune.net.kindd (did you mean finetune.net.kind?)"
+    assert parts[4:] == [
+        "finetune.G must be >= 2, got 1",
+        "finetune.lr must be > 0, got 0",
+        "finetune.net.hidden[1] must be >= 1, got 0",
+    ]
+    assert "\n" not in str(info.value)
+
+
+@dataclass
+class Inner:
+    a: int = param(1, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.a == 5:
+            raise ValueError("a must not be 5")
+
+
+@dataclass
+class Misc:
+    pair: tuple[int, str] = (1, "x")
+    out: Path = Path("out")
+    either: int | str = 0
+    inner: Inner | None = None
+    inners: list[Inner] = field(default_factory=list)
+    maybe: float | None = param(None, gt=0)
+    by_name: dict[str, Inner] = field(default_factory=dict)
+
+
+def test_other_annotations() -> None:
+    data = {"pair": [2, "y"], "out": "runs/a", "either": "s", "inner": {"a": 2}, "inners": [{}], "maybe": 1}
+    data["by_name"] = {"k": {"a": 3}}
+    cfg = parse_params(data, Misc, "misc")
+    assert cfg == Misc((2, "y"), Path("runs/a"), "s", Inner(2), [Inner()], 1.0, {"k": Inner(3)})
+    assert parse_params({"maybe": None}, Misc, "misc") == Misc()
+    for data, message in [
+        ({"pair": [1]}, r"misc\.pair must be a list of 2 values, got 1$"),
+        ({"pair": [1, "a", 2]}, r"misc\.pair must be a list of 2 values, got 3$"),
+        ({"pair": [1, 2]}, r"misc\.pair\[1\] must be a string, got 2 \(int\)$"),
+        ({"out": ""}, r"misc\.out must be a non-empty path string, got '' \(str\)$"),
+        ({"either": 1.5}, r"misc\.either must be int \| str, got 1\.5 \(float\)$"),
+        ({"inner": {"a": 5}}, r"misc\.inner\.a must not be 5$"),  # __post_init__, located
+        ({"inner": {"a": 0}}, r"misc\.inner\.a must be >= 1, got 0$"),
+        ({"inners": [{"a": 1}, {"b": 1}]}, r"unknown key misc\.inners\[1\]\.b; known keys: a$"),
+        ({"maybe": 0}, r"misc\.maybe must be > 0, got 0$"),
+        ({"by_name": {"k": {"a": 5}}}, r"misc\.by_name\.k\.a must not be 5$"),
+        ({"by_name": {3: {}}}, r"misc\.by_name\[3\] key must be a string, got 3 \(int\)$"),
+        ({3: 1}, r"unknown key misc\.3; known keys: pair, out"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            parse_params(data, Misc, "misc")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = sorted((ROOT / "profiles").glob("*.yaml"))
+SECTIONS = {  # params section -> (stage module, params class); as stages.profile.schemas(), importing lazily
+    "ingest": ("stages.ingest", "IngestParams"),
+    "pretrain_bc": ("stages.pretrain_bc", "PretrainParams"),
+    "fit_critic": ("stages.fit_critic", "CriticParams"),
+    "finetune": ("stages.finetune", "FinetuneParams"),
+    "evaluate": ("stages.evaluate", "EvaluateParams"),
+    "report": ("stages.report", "ReportParams"),
+}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_has_the_stage_sections(profile: Path) -> None:
+    assert set(yaml.safe_load(profile.read_text())) == set(SECTIONS)
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_loads(profile: Path, section: str) -> None:
+    """Every section of every profile parses into its stage's params class on this host (a profile for a GPU
+    machine too: only the spelling of ``device`` is checked here; whether it exists, when the stage starts)."""
+    module, name = SECTIONS[section]
+    if section == "finetune":
+        # finetune.agent is validated by the chosen algorithm's config class (ogpo.algos); stages/finetune.py
+        # is being rewritten around that registry, so this section is skipped while its loader is missing.
+        try:
+            from stages.finetune import load_finetune_params
+        except ImportError as exc:
+            pytest.skip(f"stages.finetune is mid-rewrite: {exc}")
+        cfg, _spec, _agent = load_finetune_params(profile)
+    else:
+        cfg = load_params(section, getattr(importlib.import_module(module), name), profile)
+    assert type(cfg).__name__ == name
+
+
+def test_check_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    assert check_device("cpu") == "cpu"
+    for bad in ("gpu", "CPU", "cuda:", "cuda:x", "cuda:-1", "", 0, "auto"):
+        with pytest.raises(ConfigError, match=r"^device must be one of cpu, cuda, cuda:N, got "):
+            check_device(bad)
+    check_device_name("auto", allow_auto=True)
+    with pytest.raises(ConfigError, match=r"^x\.device must be one of cpu, cuda, cuda:N or auto, got 'tpu'$"):
+        check_device_name("tpu", "x.device", allow_auto=True)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ConfigError) as info:
+        check_device("cuda", "params.yaml: pretrain_bc.device")
+    assert str(info.value) == (
+        f"params.yaml: pretrain_bc.device cuda requested but this host has no CUDA GPU "
+        f"(torch {torch.__version__} is a CPU-only build); use cpu"
+    )
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match=r"^device cuda:0 requested but this host has no CUDA GPU \(CUDA_VIS"):
+        check_device("cuda:0")
+    assert check_device("auto", allow_auto=True) == "cpu"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda") == "cuda" and check_device("cuda:0") == "cuda:0"
+    assert check_device("auto", allow_auto=True) == "cuda"
+    with pytest.raises(ConfigError, match=r"^device cuda:1 requested but this host has 1 CUDA GPU \(cuda:0\)$"):
+        check_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ConfigError, match=r"has 4 CUDA GPUs \(cuda:0 to cuda:3\)$"):
+        check_device("cuda:4")
 
 
 def test_missing_section_file_and_bad_yaml(tmp_path: Path) -> None:

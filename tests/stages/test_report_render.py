@@ -1,7 +1,8 @@
 """The report stage end to end: realistic artifacts -> `python -m stages.report` -> headless Chromium.
 
-Chromium is Debian's ``chromium`` (apt-packages.txt). The test checks what a reader would see: a
-screenshot that is not blank, and the rendered DOM holding the plots (svg), tables and inlined videos.
+Chromium is Debian's ``chromium`` (apt-packages.txt; helpers in tests/browser.py). The test checks what a
+reader would see: a screenshot that is not blank, and the rendered DOM holding the plots (svg), tables and
+inlined videos.
 """
 
 from __future__ import annotations
@@ -9,21 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import random
-import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.browser import assert_screenshot_shows_plots, needs_chromium, rendered_dom
 from tests.ogpo.test_report import CURVE_COLUMNS
-
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
 def _rollout_gif(path: Path, seed: int, frames: int = 12) -> None:
@@ -99,6 +95,7 @@ def write_realistic_artifacts(root: Path, seed: int = 0) -> None:
         "ingest:\n  source: scripted:lift\n  episodes: 50\n"
         "pretrain_bc:\n  target_success: 0.5\n  max_steps: 3000\n"
         "finetune:\n  variant: ogpo+ca\n  G: 8\n  env_steps: 60000\n  actor_lr: 4.5e-5\n"
+        "  online:\n    eval_episodes: 100\n"
         "evaluate:\n  episodes: 100\n  videos: 2\n"
         "report:\n  title: OGPO on Lift (CPU profile)\n  max_videos: 3\n"
     )
@@ -106,42 +103,8 @@ def write_realistic_artifacts(root: Path, seed: int = 0) -> None:
         _rollout_gif(root / f"eval/videos/finetuned_seed{i}.gif", seed=i)
 
 
-class _Dom(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.counts: dict[str, int] = {}
-        self.srcs: list[str] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.counts[tag] = self.counts.get(tag, 0) + 1
-        self.srcs += [v or "" for k, v in attrs if k == "src"]
-
-    def handle_data(self, data: str) -> None:
-        self.text.append(data)
-
-
-def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    env = {**os.environ, "HOME": str(profile)}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, check=False)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian package 'chromium' is not installed (apt-packages.txt)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     work = tmp_path / "run"
     work.mkdir()
@@ -153,31 +116,14 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     report = work / "reports/report.html"
     assert proc.stdout.strip() == "reports/report.html" and report.is_file()
 
-    shot = tmp_path / "report.png"
-    out = _chromium([f"--screenshot={shot}", "--window-size=1280,2400", report.as_uri()], tmp_path / "profile1")
-    assert shot.is_file(), f"no screenshot; chromium said: {out.stderr[-2000:]}"
-    with Image.open(shot) as im:
-        assert im.size == (1280, 2400)
-        rgb = im.convert("RGB")
-        colors = rgb.getcolors(maxcolors=1 << 16)
-        assert colors is None or len(colors) > 50, "screenshot is (nearly) one colour: nothing rendered"
-        # Most of the page is background; a rendered report still inks a sizeable share of the pixels.
-        # A blank or error page has almost no dark pixels; the rendered report has text, axes and lines.
-        dark = sum(rgb.convert("L").histogram()[:200]) / (rgb.width * rgb.height)
-        assert dark > 0.01, f"only {dark:.2%} of the screenshot is ink"
-        # The plots were drawn: the fine-tuning curve's blue (#0072B2) and the BC level's orange (#D55E00).
-        pixels = np.asarray(rgb).astype(int)
-        for color in ((0x00, 0x72, 0xB2), (0xD5, 0x5E, 0x00)):
-            close = (np.abs(pixels - np.array(color)).max(axis=-1) < 40).sum()
-            assert close > 500, f"plot colour {color} barely appears ({close} pixels): plots not rendered?"
+    # The plots were drawn: the fine-tuning curve's blue (#0072B2) and the BC level's orange (#D55E00).
+    colors = ((0x00, 0x72, 0xB2), (0xD5, 0x5E, 0x00))
+    assert_screenshot_shows_plots(report, tmp_path / "report.png", tmp_path / "profile1", colors)
 
-    out = _chromium(["--dump-dom", report.as_uri()], tmp_path / "profile2")
-    assert out.returncode == 0, out.stderr[-2000:]
-    dom = _Dom()
-    dom.feed(out.stdout)
-    text = " ".join(" ".join(dom.text).split())
-    assert dom.counts.get("svg", 0) >= 13  # learning curve, intervals, BC x2, diagnostics x9
-    assert dom.counts.get("polyline", 0) >= 12 and dom.counts.get("table", 0) == 4
+    dom = rendered_dom(report, tmp_path / "profile2")
+    text = dom.joined
+    assert dom.counts.get("svg", 0) == 13  # learning curve, intervals, BC x2, diagnostics x9
+    assert dom.counts.get("path", 0) >= 13 and dom.counts.get("table", 0) == 4
     assert dom.counts.get("img", 0) == 2 and all(s.startswith("data:image/gif;base64,") for s in dom.srcs)
     for heading in (
         "Fine-tuning learning curve",
@@ -192,3 +138,7 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert heading in text
     assert "91.0%" in text and "43.0%" in text and "intervals do not overlap" in text
     assert "9f2c" * 16 in text and "target_success: 0.5" in text
+    # The learning curve has its Wilson band (100 episodes per evaluation, from params.yaml) and the BC point
+    assert "each with its 95% Wilson interval (shaded) over its 100 evaluation episodes" in text
+    assert "BC policy at step 0 (43/100)" in text
+    assert "Notes on missing or skipped inputs" not in text

@@ -12,7 +12,7 @@ import pytest
 
 from ogpo.data.demos import Episode, read_robomimic, train_valid_masks, validate, write_robomimic
 from ogpo.envs.robosuite import env_args, task_spec
-from ogpo.errors import DemoFormatError, EnvError
+from ogpo.errors import ConfigError, DemoFormatError, EnvError
 
 LIFT = task_spec("lift")
 
@@ -91,6 +91,15 @@ def _set(key, value):
     return mutate
 
 
+def _zero_rows(f, demo):
+    """Every array of ``demo`` (obs keys included) with zero rows: what once failed with 'cannot reshape'."""
+    names = []
+    f[f"data/{demo}"].visititems(lambda name, node: names.append(name) if isinstance(node, h5py.Dataset) else None)
+    for name in names:
+        node = f[f"data/{demo}/{name}"]
+        _set(node.name, np.zeros((0, *node.shape[1:]), node.dtype))(f)
+
+
 @pytest.mark.parametrize(
     ("mutate", "pattern"),
     [
@@ -111,6 +120,25 @@ def _set(key, value):
         (_set("data/demo_0/obs/object", np.zeros((6, 9))), r"obs key 'obs/object' has dim 9, expected 10"),
         (lambda f: f["data"].attrs.__setitem__("env_args", "{not json"), r"env_args is not valid JSON"),
         (lambda f: [f["data"].__delitem__(k) for k in list(f["data"])], r"group 'data' holds no demos"),
+        (
+            _set("data/demo_0/actions", np.full((6, 7), b"0.25")),
+            r"demo 'demo_0': key 'actions' holds strings \(dtype \|S4, shape \[6, 7\]\), expected numbers",
+        ),
+        (_set("data/demo_1/rewards", np.array(["x"] * 7, dtype=object)), r"demo 'demo_1': key 'rewards' holds strings"),
+        (
+            _set("data/demo_0/obs/object", np.zeros((6, 10), np.complex64)),
+            r"obs key 'obs/object' holds dtype complex64",
+        ),
+        (_set("data/demo_0/obs/object", 3.0), r"demo 'demo_0': obs key 'obs/object' is a scalar"),
+        (
+            lambda f: [f["data/demo_0"].__delitem__("actions"), f["data/demo_0"].create_group("actions")],
+            r"demo 'demo_0': key 'actions' is a group, expected an array",
+        ),
+        (lambda f: _zero_rows(f, "demo_1"), r"demo 'demo_1': zero-length demo \(key 'actions' has no rows\)"),
+        (lambda f: f["data/demo_0"].attrs.__setitem__("seed", "abc"), r"demo 'demo_0': attribute 'seed' is 'abc'"),
+        (lambda f: f["data/demo_0"].attrs.__setitem__("model_file", 7), r"attribute 'model_file' is a int"),
+        (lambda f: f["data"].attrs.__setitem__("env_args", "[1, 2]"), r"env_args is a JSON list, expected an object"),
+        (_set("mask/train", np.array([b"\xff\xfe"])), r"mask/train holds a demo name that is not UTF-8"),
     ],
 )
 def test_malformed_dataset_gives_clear_error(tmp_path, mutate, pattern):
@@ -128,6 +156,82 @@ def test_unknown_filter_key_task_mismatch_and_unknown_task(tmp_path):
         read_robomimic(path, task="square")
     with pytest.raises(EnvError, match="unknown task 'nope'"):
         read_robomimic(path, task="nope")
+
+
+def test_empty_filter_mask_is_a_clear_error(tmp_path):
+    """robomimic's 90/10 split writes an empty mask/valid below 10 demos; selecting it once crashed."""
+    path = write_robomimic(tmp_path / "d.hdf5", _episodes(2), _args(), masks={"train": ["demo_0", "demo_1"]})
+    with h5py.File(path, "a") as f:
+        f["mask/valid"] = np.array([], dtype="S")  # what robomimic's create_hdf5_filter_key writes for no demos
+    assert read_robomimic(path).masks == {"train": ["demo_0", "demo_1"], "valid": []}
+    with pytest.raises(DemoFormatError) as err:
+        read_robomimic(path, filter_key="valid")
+    assert str(err.value) == (
+        f"filter mask 'valid' in {path} selects no demos: mask/valid is empty "
+        "(the file's masks: train (2 demos), valid (0 demos); 2 demos in all)"
+    )
+
+
+def test_out_of_range_actions_are_clipped_on_request_and_counted(tmp_path):
+    path = write_robomimic(tmp_path / "d.hdf5", _episodes(2), _args())
+    recorded = np.tile(np.array([1.13, -1.04, 0.5, 1.0, -1.0, 0.0, 1.0005]), (6, 1))  # float64, as robosuite stores
+    with h5py.File(path, "a") as f:
+        _set("data/demo_0/actions", recorded)(f)
+    with pytest.raises(DemoFormatError, match=r"demo 'demo_0': key 'actions' value 1\.13 at step 0, dim 0 .*clip=True"):
+        read_robomimic(path)
+    ds = read_robomimic(path, clip=True)
+    np.testing.assert_array_equal(ds.episodes[0].actions, np.clip(recorded, -1, 1).astype(np.float32))
+    assert ds.actions_clipped == 3 * 6 and ds.action_abs_max == 1.13  # 1.13, -1.04 and 1.0005; 1.0 stays
+    np.testing.assert_array_equal(ds.episodes[1].actions, _episodes(2)[1].actions)  # in range: untouched
+    with h5py.File(path, "a") as f:  # clipping never hides a non-finite action
+        f["data/demo_0/actions"][2, 4] = -np.inf
+    with pytest.raises(
+        DemoFormatError, match=r"demo 'demo_0': key 'actions' contains NaN or inf \(first at index \[2, 4\]\)"
+    ):
+        read_robomimic(path, clip=True)
+    clean = read_robomimic(write_robomimic(tmp_path / "c.hdf5", _episodes(2), _args()), clip=True)
+    assert clean.actions_clipped == 0 and 0 < clean.action_abs_max <= 1
+
+
+def test_limit_reads_the_first_demos_of_the_selection(tmp_path):
+    path = write_robomimic(tmp_path / "d.hdf5", _episodes(3), _args(), masks={"train": ["demo_2", "demo_0"]})
+    assert [e.name for e in read_robomimic(path, limit=2)] == ["demo_0", "demo_1"]
+    assert [e.name for e in read_robomimic(path, filter_key="train", limit=1)] == ["demo_0"]
+    with pytest.raises(ConfigError, match=rf"asked for 3 demos but {path} has 2 in mask 'train'"):
+        read_robomimic(path, filter_key="train", limit=3)
+
+
+def test_damaged_object_header_names_file_demo_and_key(tmp_path):
+    path = write_robomimic(tmp_path / "d.hdf5", _episodes(2), _args())
+    with h5py.File(path) as f:
+        addr = h5py.h5o.get_info(f["data/demo_1/obs/robot0_eef_quat"].id).addr
+    data = bytearray(path.read_bytes())
+    data[addr + 18 : addr + 20] = (
+        b"\xa5\x5a"  # h5py: KeyError 'Unable to synchronously open object (message not aligned)'
+    )
+    path.write_bytes(bytes(data))
+    with pytest.raises(DemoFormatError) as err:
+        read_robomimic(path)
+    assert str(err.value) == (
+        f"{path}: demo 'demo_1': obs key 'obs/robot0_eef_quat' is unreadable, the HDF5 file is corrupt or truncated "
+        "(Unable to synchronously open object (message not aligned))"
+    )
+
+
+def test_damaged_bytes_anywhere_give_a_demo_format_error(tmp_path):
+    """h5py raises KeyError, OSError, RuntimeError or UnicodeDecodeError depending on which bytes are damaged."""
+    good = write_robomimic(tmp_path / "good.hdf5", _episodes(2), _args(), masks={"train": ["demo_0"]})
+    data = good.read_bytes()
+    bad = tmp_path / "bad.hdf5"
+    failures = 0
+    for offset in range(0, len(data), 199):
+        bad.write_bytes(data[:offset] + b"\xa5\x5a\xa5\x5a" + data[offset + 4 :])
+        try:
+            read_robomimic(bad)
+        except DemoFormatError as e:
+            assert str(bad) in str(e)
+            failures += 1
+    assert failures > 10  # the sweep does hit metadata
 
 
 def test_truncated_and_non_hdf5_files(tmp_path):

@@ -1,18 +1,19 @@
-"""Ingestion: local files, filter keys and counts, scripted demos, S3 against a real SeaweedFS; bad input."""
+"""Ingestion: local files, filter keys and counts, scripted demos, remote sources through a fetch; bad input.
+
+The object store itself (s3:// against a real SeaweedFS) is the pipeline's: tests/pipeline/test_sources.py.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import time
+import shutil
 
 import h5py
 import numpy as np
 import pytest
 
 from ogpo.data.demos import Episode, read_robomimic, write_robomimic
-from ogpo.data.ingest import file_sha256, ingest
+from ogpo.data.ingest import file_sha256, ingest, is_remote
 from ogpo.errors import ConfigError, DemoFormatError, EnvError, StorageError
 
 
@@ -49,7 +50,34 @@ def test_ingest_local_file_writes_dataset_and_summary(tmp_path):
     assert summary["content_sha256"] == read_robomimic(src).content_hash() == read_robomimic(out).content_hash()
     assert summary["source_sha256"] == file_sha256(src) and summary["file_sha256"] == file_sha256(out)
     assert summary["masks"] == {"2_demos": 2, "train": 4, "valid": 1}
+    assert summary["actions_clipped"] == 0 and summary["actions_abs_max_source"] <= 1
     assert sorted(p.name for p in out.parent.iterdir()) == ["lift.hdf5", "lift.json"]  # no temp files left
+
+
+def test_out_of_range_actions_are_clipped_like_the_controller_and_counted(tmp_path):
+    src = _dataset(tmp_path / "src.hdf5")
+    with h5py.File(src, "a") as f:  # recorded as robosuite stores them: float64, up to 1.13
+        a = f["data/demo_1/actions"][()].astype(np.float64)
+        a[0, :3] = [1.13, -1.04, 1.0]
+        del f["data/demo_1/actions"]
+        f["data/demo_1/actions"] = a
+    summary = ingest(str(src), tmp_path / "out.hdf5", "lift")
+    assert summary["actions_clipped"] == 2 and summary["actions_abs_max_source"] == 1.13
+    assert summary["action_max"][0] == 1.0 and summary["action_min"][1] == -1.0
+    out = read_robomimic(tmp_path / "out.hdf5")  # the written file is strictly in range
+    np.testing.assert_array_equal(out.episodes[1].actions[0, :3], [1.0, -1.0, 1.0])
+    assert summary["content_sha256"] == out.content_hash()
+    with pytest.raises(DemoFormatError, match=r"value 1\.13 at step 0, dim 0 is outside \[-1, 1\]"):
+        read_robomimic(src)  # reading without clip stays strict
+
+
+def test_empty_filter_mask_writes_nothing(tmp_path):
+    src = _dataset(tmp_path / "src.hdf5")
+    with h5py.File(src, "a") as f:
+        f["mask/empty"] = np.array([], dtype="S")
+    with pytest.raises(DemoFormatError, match=rf"^filter mask 'empty' in {src} selects no demos"):
+        ingest(str(src), tmp_path / "out" / "d.hdf5", "lift", filter_key="empty")
+    assert not (tmp_path / "out").exists()
 
 
 def test_filter_key_and_count_select_a_subset(tmp_path):
@@ -75,7 +103,7 @@ def test_filter_key_and_count_select_a_subset(tmp_path):
         ({"source": "scripted:lift"}, ConfigError, "needs count"),
         ({"source": "scripted:can", "count": 2}, ConfigError, "makes demos for 'can' but task is 'lift'"),
         ({"source": "scripted:stack", "count": 2}, EnvError, "unknown task 'stack'"),
-        ({"source": "s3://bucket-only"}, StorageError, "must look like s3://bucket/key"),
+        ({"source": "s3://demos/lift.hdf5"}, ConfigError, "is a remote object and no fetch function was given"),
         ({"source": "/nonexistent/demo.hdf5"}, DemoFormatError, "no such dataset file"),
     ],
 )
@@ -108,71 +136,46 @@ def test_ingest_scripted_lift(tmp_path):
     assert ds.env_args["ogpo"]["noise"] == 0.1 and s["masks"] == {"train": 2, "valid": 1}
 
 
-def _listen_addresses(port: int) -> set[str]:
-    """IPv4 addresses listening on ``port`` (from /proc/net/tcp; state 0A = LISTEN)."""
-    out = set()
-    with open("/proc/net/tcp") as f:
-        lines = f.read().splitlines()[1:]
-    for line in lines:
-        local, state = line.split()[1], line.split()[3]
-        addr, p = local.split(":")
-        if state == "0A" and int(p, 16) == port:
-            out.add(".".join(str(int(addr[i : i + 2], 16)) for i in (6, 4, 2, 0)))
-    return out
+def _copying_fetch(src, calls):
+    """A fetch function that serves ``src`` for any URI (what pipeline/sources.py does with the object store)."""
+
+    def fetch(uri, dest):
+        calls.append((uri, dest))
+        shutil.copy(src, dest)
+        return dest
+
+    return fetch
 
 
-def _wait_exit(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_s3_uri_and_credential_errors(monkeypatch):
-    from ogpo.data import s3
-
-    assert s3.parse_s3_uri("s3://b/k/x.hdf5") == s3.S3Uri("b", "k/x.hdf5")
-    for bad in ("http://b/k", "s3://", "s3://b", "s3://b/dir/"):
-        with pytest.raises(StorageError, match="s3://"):
-            s3.parse_s3_uri(bad)
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
-    with pytest.raises(StorageError, match="credentials missing") as err:
-        s3.make_client("http://127.0.0.1:9")
-    assert "s3cr3t-value" not in str(err.value)
-
-
-@pytest.mark.slow
-def test_ingest_from_s3_seaweedfs(tmp_path, monkeypatch):
-    from ogpo.data import s3
-    from pipeline.seaweed import seaweed_server
-
-    key, secret = "ogpo" + secrets.token_hex(4), secrets.token_hex(20)
+def test_remote_source_is_read_through_fetch_and_named_in_errors(tmp_path):
     src = _dataset(tmp_path / "src.hdf5")
-    with seaweed_server(tmp_path / "weed", key, secret, "demos") as info:
-        for k, v in info.env().items():
-            monkeypatch.setenv(k, v)
-        s3.upload(src, "s3://demos/lift/ph.hdf5")
-        summary = ingest("s3://demos/lift/ph.hdf5", tmp_path / "out" / "lift.hdf5", "lift", count=4)
-        assert summary["source_sha256"] == file_sha256(src)
-        assert summary["content_sha256"] == read_robomimic(tmp_path / "out" / "lift.hdf5").content_hash()
-        assert summary["episodes"] == 4 and summary["source"] == "s3://demos/lift/ph.hdf5"
+    calls = []
+    fetch = _copying_fetch(src, calls)
+    summary = ingest("s3://demos/lift/ph.hdf5", tmp_path / "out" / "lift.hdf5", "lift", count=4, fetch=fetch)
+    assert [uri for uri, _ in calls] == ["s3://demos/lift/ph.hdf5"]
+    assert not calls[0][1].exists() and not calls[0][1].parent.exists()  # the temporary copy is gone
+    assert summary["source_sha256"] == file_sha256(src) and summary["source"] == "s3://demos/lift/ph.hdf5"
+    assert summary["content_sha256"] == read_robomimic(tmp_path / "out" / "lift.hdf5").content_hash()
+    assert summary["episodes"] == 4 and summary["source_format"] == "robomimic"
 
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-" + secret)
-        with pytest.raises(StorageError, match="access denied") as err:
-            ingest("s3://demos/lift/ph.hdf5", tmp_path / "denied.hdf5", "lift")
-        assert secret not in str(err.value) and "wrong-" not in str(err.value)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-        with pytest.raises(StorageError, match="no such object"):
-            ingest("s3://demos/lift/missing.hdf5", tmp_path / "missing.hdf5", "lift")
-        port = info.s3_port
-        assert _listen_addresses(port) == {"127.0.0.1"}  # never on all interfaces
-    assert _wait_exit(info.pid), "weed mini still running after the context manager exited"
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # server stopped: unreachable
-    monkeypatch.setenv("OGPO_S3_ENDPOINT", f"http://127.0.0.1:{port}")
-    with pytest.raises(StorageError, match="unreachable") as err:
-        ingest("s3://demos/lift/ph.hdf5", tmp_path / "gone.hdf5", "lift")
-    assert secret not in str(err.value)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src.hdf5", "weed"]
+    # a bad file in the bucket: the message names the object, not the temporary copy it was read from
+    with pytest.raises(ConfigError, match=r"asked for 9 demos but s3://demos/lift/ph\.hdf5 has 5$"):
+        ingest("s3://demos/lift/ph.hdf5", tmp_path / "nine.hdf5", "lift", count=9, fetch=fetch)
+    with pytest.raises(DemoFormatError, match=r"^s3://demos/lift/ph\.hdf5: filter key 'nope' not found"):
+        ingest("s3://demos/lift/ph.hdf5", tmp_path / "nope.hdf5", "lift", filter_key="nope", fetch=fetch)
+
+    def failing(uri, dest):
+        raise StorageError(f"download {uri}: access denied")
+
+    with pytest.raises(StorageError, match=r"^download s3://demos/lift/ph\.hdf5: access denied$"):
+        ingest("s3://demos/lift/ph.hdf5", tmp_path / "denied.hdf5", "lift", fetch=failing)
+    with pytest.raises(ConfigError, match="fetching 's3://demos/lift/ph.hdf5' wrote no file"):
+        ingest("s3://demos/lift/ph.hdf5", tmp_path / "none.hdf5", "lift", fetch=lambda uri, dest: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src.hdf5"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["lift.hdf5", "lift.json"]
+
+
+def test_is_remote():
+    assert is_remote("s3://b/k") and is_remote("gs://b/k")
+    for local in ("data/demo.hdf5", "/abs/demo.hdf5", "file:///abs/demo.hdf5", "scripted:lift", "a/b://c"):
+        assert not is_remote(local), local

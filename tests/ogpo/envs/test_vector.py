@@ -165,7 +165,7 @@ def test_no_orphans_when_parent_is_interrupted_or_killed(sig):
         assert len(pids) == 2, parent.stderr.read()
         time.sleep(0.5)  # stepping
         parent.send_signal(sig)
-        parent.wait(timeout=30)
+        parent.wait(timeout=90)  # generous: under a loaded CI machine the interpreter's shutdown can be slow
         assert _wait_gone(pids), f"workers outlived a parent stopped by {sig.name}"
         if sig == signal.SIGINT:
             assert "KeyboardInterrupt" in parent.stderr.read()

@@ -1,39 +1,39 @@
-"""The OGPO update (spec 2.3-2.9, 3.1-3.3): group-relative PPO over whole denoising chains, scored by an
-off-policy critic ensemble, plus the chunked TD critic step.
+"""OGPO, OGPO+ and OGPO+CA (spec 2.3-2.9, 3.1-3.3): group-relative PPO over whole denoising chains, scored by
+an off-policy critic ensemble, plus the chunked TD critic step.
 
 One call to ``OGPOAgent.update`` is one actor step and one critic step (UTD 1), in the order the official code
 runs (actor -> actor EMA -> critic -> critic EMA) unless ``update_order="critic_first"`` (the paper's order).
 Everything is batched: B states x G chains are one tensor of B*G rows; the M critic heads are one module.
+
+The three registry entries are one agent with two named fields: ``success_bc`` (OGPO+: BC on the success
+buffer) and ``advantage`` ("conservative" = OGPO+CA's sign-consensus advantage).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 from ogpo.agents.schedules import SCHEDULES
+from ogpo.algos.base import Agent, AlgoSpec, RunSeeds, register
+from ogpo.algos.common import check_finite_step, sample_with_success
 from ogpo.checks import check_positive_int
 from ogpo.critic import CriticConfig, CriticPair, critic_loss, td_target
-from ogpo.data.replay import SequenceBatch
-from ogpo.errors import ConfigError, TrainingError
+from ogpo.data.replay import ReplayBuffer, SequenceBatch
+from ogpo.errors import ConfigError
 from ogpo.gcp.base import GCP
 from ogpo.nets import ema_update_
-
-VARIANTS = {
-    # variant: (success-buffer BC regularizer, advantage strategy)
-    "ogpo": (False, "vanilla"),
-    "ogpo+": (True, "vanilla"),
-    "ogpo+ca": (True, "conservative"),
-}
 
 
 @dataclass
 class OGPOConfig:
     """Defaults are what the official code runs (spec 8.1); paper-vs-code choices are options (spec 9.5)."""
 
-    variant: str = "ogpo+ca"
+    success_bc: bool = True  # OGPO+: success-buffer BC regulariser (spec 3.1)
+    advantage: Literal["vanilla", "conservative"] = "conservative"  # conservative = OGPO+CA (spec 3.2)
     G: int = 32  # chains per state (group_num_samples)
     ppo_batch_size: int = 256  # states per actor step
     batch_size: int = 256  # sequences per critic step
@@ -47,6 +47,7 @@ class OGPOConfig:
     actor_lr_schedule: str = "cosine"  # repeating cosine with warm restarts
     lr_warmup: int = 2000
     lr_period: int = 50_000
+    lr_restart_warmup: bool = True  # code: every period re-warms from the floor; False: restart at the peak
     critic_lr: float = 4.5e-5  # code: critic optimizer rebuilt with ppo_lr online; the paper declares 3e-4
     critic_weight_decay: float = 1e-5
     grad_clip: float = 1000.0
@@ -58,26 +59,41 @@ class OGPOConfig:
     normalize_group_std: bool = False  # GRPO std normalisation: ablation only (hurts)
     adv_clip_min: float | None = None  # 0 gives the OGPO-NN ablation
     update_order: str = "actor_first"  # "critic_first" = the paper's Algorithm 1
+    # code: old log-prob accumulated on the raw final sample, the stored chain ends in the clipped x_K
+    # (spec 1.4); "clean": the chain stores the raw x_K, so old and new log-probs see the same points
+    chain_storage: Literal["official", "clean"] = "official"
 
     def validate(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        if self.advantage not in ("vanilla", "conservative"):
+            raise ConfigError(f"advantage must be vanilla or conservative, got {self.advantage!r}")
+        if self.chain_storage not in ("official", "clean"):
+            raise ConfigError(f"chain_storage must be official or clean, got {self.chain_storage!r}")
         check_positive_int("G", self.G, minimum=2)
         check_positive_int("ppo_batch_size", self.ppo_batch_size)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("best_of_n", self.best_of_n)
+        check_positive_int("bon_heads", self.bon_heads)
         check_positive_int("q_vr_samples", self.q_vr_samples)
+        check_positive_int("lr_warmup", self.lr_warmup, minimum=0)
+        check_positive_int("lr_period", self.lr_period, minimum=0)
         if self.update_order not in ("actor_first", "critic_first"):
             raise ConfigError(f"update_order must be actor_first or critic_first, got {self.update_order!r}")
         if self.actor_lr_schedule not in SCHEDULES:
             raise ConfigError(f"actor_lr_schedule must be one of {sorted(SCHEDULES)}")
-        for name in ("eps", "actor_lr", "critic_lr", "tau_actor", "tau_critic"):
+        for name in ("eps", "actor_lr", "critic_lr", "tau_actor", "tau_critic", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("tau_actor", "tau_critic"):
+            if not getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be <= 1, got {getattr(self, name)!r}")
+        if not 0 <= self.actor_lr_floor <= self.actor_lr:
+            raise ConfigError(f"actor_lr_floor must be in [0, actor_lr], got {self.actor_lr_floor!r}")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"gamma must be in (0, 1], got {self.gamma!r}")
         if self.lambda_bc < 0:
             raise ConfigError(f"lambda_bc must be >= 0, got {self.lambda_bc!r}")
+        if self.critic_weight_decay < 0:
+            raise ConfigError(f"critic_weight_decay must be >= 0, got {self.critic_weight_decay!r}")
 
 
 def group_advantages(
@@ -121,28 +137,31 @@ def best_of_n_index(q: torch.Tensor, heads: torch.Tensor, n: int) -> torch.Tenso
     return q.gather(0, heads).min(0).values.view(-1, n).argmax(1)
 
 
-def _check_finite_step(name: str, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-    """Stop before the optimizer step when a loss or gradient is not finite (weights stay the last good ones).
-    One host sync per step: cheap next to the B*G*K network evaluations of an update."""
-    if not bool(torch.isfinite(loss) & torch.isfinite(grad_norm)):
-        value = float(loss.detach())
-        raise TrainingError(f"{name} is not finite (loss={value:.4g}); stopped before the optimizer step")
-
-
-class OGPOAgent:
+class OGPOAgent(Agent):
     """Actor (GCP) + EMA actor + critic ensemble pair, their optimizers and LR schedules."""
 
+    name = "ogpo+ca"
+    metric_names = ("actor_loss", "critic_loss", "bc_loss", "adv_mean", "adv_abs", "clip_frac", "q_mean")
+    modes = ("rollout", "eval", "bon", "sde", "ode")
+
     def __init__(
-        self, actor: GCP, critic_cfg: CriticConfig, cfg: OGPOConfig, target_actor: GCP | None = None, seed: int = 0
+        self,
+        actor: GCP,
+        critic_cfg: CriticConfig,
+        cfg: OGPOConfig,
+        target_actor: GCP | None = None,
+        seed: int = 0,
+        name: str | None = None,
     ) -> None:
         cfg.validate()
         self.cfg = cfg
+        if name is not None:
+            self.name = name
         self.actor = actor
         self.target_actor = (target_actor if target_actor is not None else copy.deepcopy(actor)).requires_grad_(False)
         dev = next(actor.parameters()).device
         self.critic = CriticPair(critic_cfg).to(dev)
         self.H = actor.cfg.H
-        self.bc_reg, self.adv_strategy = VARIANTS[cfg.variant]
         self.actor_opt = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-8, weight_decay=0.0)
         self.critic_opt = torch.optim.AdamW(
             self.critic.online.parameters(), lr=cfg.critic_lr, eps=1e-8, weight_decay=cfg.critic_weight_decay
@@ -158,13 +177,16 @@ class OGPOAgent:
 
         mode "bon": Best-of-N SDE chunks from the EMA actor scored by Q_BoN = min of ``bon_heads`` random target
         heads per (state, candidate) (spec 2.7); "sde": one SDE chunk from the EMA actor; "ode": deterministic
-        chunk from the online actor (the evaluation policy of spec 8.1).
+        chunk from the online actor (the evaluation policy of spec 8.1). "rollout" is "bon" ("sde" when
+        best_of_n is 1) and "eval" is "ode".
         """
-        if mode == "ode":
+        if mode == "rollout":
+            mode = "bon" if self.cfg.best_of_n > 1 else "sde"
+        if mode in ("ode", "eval"):
             return self.actor.sample(obs, deterministic=True, generator=self.generator).actions
         n = self.cfg.best_of_n if mode == "bon" else 1
         if mode not in ("bon", "sde"):
-            raise ConfigError(f"act mode must be bon, sde or ode, got {mode!r}")
+            raise ConfigError(f"act mode must be one of {', '.join(self.modes)}, got {mode!r}")
         N = obs.shape[0]
         obs_rep = obs.repeat_interleave(n, dim=0)
         s = self.target_actor.sample(obs_rep, deterministic=False, generator=self.generator)
@@ -178,7 +200,9 @@ class OGPOAgent:
     # ---- learning --------------------------------------------------------------------------------------
     def set_lr(self) -> None:
         c = self.cfg
-        lr = SCHEDULES[c.actor_lr_schedule](self.step, c.actor_lr, c.actor_lr_floor, c.lr_warmup, c.lr_period)
+        lr = SCHEDULES[c.actor_lr_schedule](
+            self.step, c.actor_lr, c.actor_lr_floor, c.lr_warmup, c.lr_period, c.lr_restart_warmup
+        )
         for g in self.actor_opt.param_groups:
             g["lr"] = lr
 
@@ -190,15 +214,19 @@ class OGPOAgent:
         with torch.no_grad():
             s = self.target_actor.sample(obs_rep, deterministic=False, generator=self.generator)
             q = self.critic.target(obs_rep, s.actions).view(-1, B, c.G)  # [M, B, G]
-            adv = group_advantages(q, self.adv_strategy, c.normalize_group_std, c.adv_clip_min).reshape(-1)
-        lp = self.actor.log_prob(obs_rep, s.chain)
+            adv = group_advantages(q, c.advantage, c.normalize_group_std, c.adv_clip_min).reshape(-1)
+            chain = s.chain
+            if c.chain_storage == "official":  # old log-prob stays the raw sample's (spec 1.4)
+                chain = chain.clone()
+                chain[:, -1].clamp_(-1.0, 1.0)
+        lp = self.actor.log_prob(obs_rep, chain)
         ppo, clip_frac = ppo_clip_loss(lp, s.log_prob, adv, c.eps)
         bc = self.actor.bc_loss(bc_batch.obs, bc_batch.actions, bc_batch.valid, generator=self.generator)
-        loss = ppo + (c.lambda_bc * bc if self.bc_reg else 0.0 * bc)
+        loss = ppo + (c.lambda_bc * bc if c.success_bc else 0.0 * bc)
         self.actor_opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
-        _check_finite_step("actor loss", loss, gn)
+        check_finite_step("actor loss", loss, gn)
         self.set_lr()
         self.actor_opt.step()
         ema_update_(self.target_actor, self.actor, c.tau_actor)
@@ -231,14 +259,20 @@ class OGPOAgent:
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.critic.online.parameters(), c.grad_clip)
-        _check_finite_step(f"{name} loss", loss, gn)
+        check_finite_step(f"{name} loss", loss, gn)
         self.critic_opt.step()
         self.critic.ema_(c.tau_critic)
         return loss.detach()
 
-    def update(self, batch: SequenceBatch, success_batch: SequenceBatch | None = None) -> dict[str, torch.Tensor]:
-        """One OGPO update. ``success_batch`` is a success-buffer batch when that buffer is active, else None:
-        BC then falls back to the replay batch (spec 3.1) and the success-buffer TD step is skipped."""
+    def update(self, replay: ReplayBuffer, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One OGPO update on a replay batch and, once the success view is active, a success-buffer batch."""
+        batch, succ = sample_with_success(replay, self.cfg.batch_size, self.H, self.cfg.gamma, generator)
+        return self.update_on(batch, succ)
+
+    def update_on(self, batch: SequenceBatch, success_batch: SequenceBatch | None = None) -> dict[str, torch.Tensor]:
+        """One OGPO update on given batches. ``success_batch`` is a success-buffer batch when that buffer is
+        active, else None: BC then falls back to the replay batch (spec 3.1) and the success-buffer TD step is
+        skipped."""
         bc_batch = success_batch if success_batch is not None else batch
         next_chunks = self.sample_next_chunks(batch)  # from pi_bar before this step's EMA (as the code)
         if self.cfg.update_order == "critic_first":
@@ -265,3 +299,33 @@ class OGPOAgent:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"actor_opt": self.actor_opt, "critic_opt": self.critic_opt}
+
+    def generators(self) -> dict[str, torch.Generator]:
+        return {"explore": self.generator}
+
+
+def build(actor: GCP, target_actor: GCP, critic: CriticPair, cfg: OGPOConfig, seeds: RunSeeds, name: str) -> OGPOAgent:
+    """The agent from the BC actor pair and the fit_critic stage's critic (architecture and weights)."""
+    agent = OGPOAgent(actor, critic.online.cfg, cfg, target_actor=target_actor, name=name)
+    agent.critic.load_state_dict(critic.state_dict())
+    agent.generator = seeds.torch_generator("explore", next(actor.parameters()).device)
+    return agent
+
+
+def _entry(name: str, summary: str, **defaults: Any) -> AlgoSpec:
+    return register(
+        AlgoSpec(
+            name=name,
+            summary=summary,
+            config=OGPOConfig,
+            build=lambda actor, target, critic, cfg, seeds: build(actor, target, critic, cfg, seeds, name),
+            defaults=defaults,
+        )
+    )
+
+
+_entry("ogpo", "OGPO: group-relative PPO over denoising chains scored by an off-policy critic ensemble",
+       success_bc=False, advantage="vanilla")  # fmt: skip
+_entry("ogpo+", "OGPO+: OGPO plus behaviour cloning on the success buffer", success_bc=True, advantage="vanilla")
+_entry("ogpo+ca", "OGPO+CA: OGPO+ with the conservative sign-consensus advantage (the default)",
+       success_bc=True, advantage="conservative")  # fmt: skip

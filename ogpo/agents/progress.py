@@ -1,0 +1,93 @@
+"""What the off- and on-policy trainers report the same way: metric averages between evaluations, the
+learning-curve row of an evaluation, and progress lines with an honest rate and ETA.
+
+The rate in a progress line is measured over the window since the previous line, not since the start: the
+first env steps of a run are update-free (before ``start_training``) and several times faster than the rest, so
+an average from the start would promise an ETA the run cannot keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ogpo.rollout import EvalResult
+
+
+class MetricWindow:
+    """Per-key sums and counts of update metrics since the last evaluation (tensors stay on their device
+    until an evaluation reads them: no host sync per update)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, Any], names: tuple[str, ...]) -> None:
+        for k in names:
+            if k in metrics:
+                self.sums[k] = self.sums.get(k, 0.0) + metrics[k]
+                self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self, names: tuple[str, ...]) -> dict[str, float]:
+        """Mean per name (NaN for a name no update reported), then start a new window."""
+        out = {k: float(self.sums[k]) / self.counts[k] if k in self.sums else float("nan") for k in names}
+        self.sums, self.counts = {}, {}
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": {k: float(v) for k, v in self.sums.items()}, "counts": dict(self.counts)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.sums = dict(state.get("sums", {}))
+        self.counts = {k: int(v) for k, v in state.get("counts", {}).items()}
+
+
+def eval_row(
+    ev: EvalResult,
+    env_steps: int,
+    metrics: dict[str, float],
+    recent: list[dict],
+    updates: int,
+    wall_time: float,
+    log: logging.Logger,
+) -> dict[str, Any]:
+    """One learning-curve row (``ogpo.agents.online.curve_columns`` order), logged on one line."""
+    row: dict[str, Any] = {
+        "env_steps": env_steps,
+        "success": ev.success_rate,
+        "return": float(ev.returns.mean()),
+        "episode_length": float(ev.lengths.mean()),
+        **metrics,
+        "rollout_success": float(np.mean([r["success"] for r in recent])) if recent else float("nan"),
+        "updates": updates,
+        "wall_time": round(wall_time, 2),
+    }
+    log.info(
+        "eval @ %d env steps: success %.3f  return %.2f  length %.1f",
+        env_steps, row["success"], row["return"], row["episode_length"],
+    )  # fmt: skip
+    return row
+
+
+class ProgressLog:
+    """``tick`` logs a progress line every ``every`` env steps with the recent rate and the ETA from it."""
+
+    def __init__(self, log: logging.Logger, total: int, every: int, env_steps: int) -> None:
+        self.log, self.total, self.every = log, total, every
+        self.last_steps, self.last_time = env_steps, time.perf_counter()
+
+    def tick(self, env_steps: int, updates: int, prefix: str = "") -> None:
+        if env_steps - self.last_steps < self.every:
+            return
+        now = time.perf_counter()
+        rate = (env_steps - self.last_steps) / max(now - self.last_time, 1e-9)
+        eta = (self.total - env_steps) / max(rate, 1e-9)
+        self.last_steps, self.last_time = env_steps, now
+        self.log.info(
+            "%senv steps %d/%d  updates %d  %.0f steps/s  ETA %.0fs",
+            prefix, env_steps, self.total, updates, rate, eta,
+        )  # fmt: skip
