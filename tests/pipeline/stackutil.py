@@ -66,6 +66,37 @@ def wait_state(ctx: Ctx, run_id: str, final: bool = True, timeout: float = 900, 
     raise TimeoutError(f"flow run {run_id} not done after {timeout} s: {flow_run(ctx, run_id).state}")
 
 
+def state_history(ctx: Ctx, run_id: str) -> str:
+    """The run's states in order, one ``name: message`` per line (for assertion messages)."""
+    with ctx.client() as c:
+        states = c.read_flow_run_states(uuid.UUID(run_id))
+    return "\n".join(f"{s.timestamp} {s.name}: {s.message or ''}" for s in states)
+
+
+def wait_settled(ctx: Ctx, run_id: str, timeout: float = 900, settle: float = 45.0):
+    """Poll a flow run until it is Completed, or in another final state that has held for ``settle`` seconds.
+
+    A run whose worker died goes Crashed and the crash automation then puts it back to Scheduled: that Crashed
+    is a passing state, and a poll can land on it. Only a final state that stays (a run the automation no longer
+    retries, or an automation that never fired) ends the wait early."""
+    deadline = time.monotonic() + timeout
+    held: tuple[object, float] | None = None  # (state id, since)
+    while time.monotonic() < deadline:
+        run = flow_run(ctx, run_id)
+        state = run.state
+        if state is not None and state.is_completed():
+            return run
+        if state is not None and state.is_final():
+            if held is None or held[0] != state.id:
+                held = (state.id, time.monotonic())
+            elif time.monotonic() - held[1] >= settle:
+                return run
+        else:
+            held = None
+        time.sleep(1.0)
+    raise TimeoutError(f"flow run {run_id} not done after {timeout} s: {flow_run(ctx, run_id).state}")
+
+
 def task_runs(ctx: Ctx, run_id: str) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 

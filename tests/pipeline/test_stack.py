@@ -31,7 +31,9 @@ from tests.pipeline.stackutil import (
     git,
     listening_addresses,
     s3,
+    state_history,
     task_runs,
+    wait_settled,
     wait_state,
 )
 
@@ -389,8 +391,8 @@ def test_killed_worker_flow_run_is_retried_and_resumes(stack_ctx):
     time.sleep(1)
     ctx.stack.procs["worker-cpu-1"] = serve.start_worker(ctx.stack, ctx.env, 2)
     serve._save(ctx.stack)
-    run = wait_state(ctx, run_id, timeout=600)
-    assert run.state.is_completed(), run.state
+    run = wait_settled(ctx, run_id, timeout=600)
+    assert run.state.is_completed(), state_history(ctx, run_id)
     assert run.run_count >= 2
     assert "resuming finetune" in flow_logs(ctx, run_id)
     out_dir = _pull_and_compare(ctx, ctx.fake, "results/fault-worker")
@@ -430,8 +432,8 @@ def test_worker_killed_alone_is_restarted_and_its_run_resumes_leaving_nothing(st
     assert any(ws.is_dir() for ws in work_dir.iterdir()), "no workspace to clean up"
     os.kill(worker.pid, signal.SIGKILL)  # the worker process only: its flow run and the stage are left running
 
-    run = wait_state(ctx, run_id, timeout=400)
-    assert run.state.is_completed(), run.state
+    run = wait_settled(ctx, run_id, timeout=400)
+    assert run.state.is_completed(), state_history(ctx, run_id)
     assert run.run_count >= 2, run.run_count
     logs = flow_logs(ctx, run_id)
     assert "resuming finetune" in logs and "resuming at step" in logs, logs[-3000:]
