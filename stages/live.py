@@ -69,4 +69,7 @@ def write_live(
                     live.log_metric(name, x, timestamp=False)
         live.summary = numbers_only(summary or {})
         live.make_summary()
+    # dvc.yaml declares the plots directory as an output: a stage with no curve (the critic with ``mode: none``)
+    # leaves it empty rather than missing, which DVC would refuse as a missing output
+    (directory / "plots" / "metrics").mkdir(parents=True, exist_ok=True)
     return directory

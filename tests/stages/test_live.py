@@ -27,3 +27,11 @@ def test_write_live_is_the_curve_and_summary_and_rewrites_from_scratch(tmp_path,
     write_live("finetune", rows, "env_steps", {"final_success": 0.5, "device": "cpu", "updates": 9})
     assert {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} == once
     assert not (tmp_path / "dvc.yaml").exists() and not list(tmp_path.glob("*.html"))  # no dvc.yaml, no report
+
+
+def test_write_live_without_a_curve_leaves_the_declared_plots_directory(tmp_path, monkeypatch):
+    """The CPU profile's critic (``mode: none``) logs no curve; dvc.yaml still declares its plots directory."""
+    monkeypatch.chdir(tmp_path)
+    d = write_live("fit_critic", [], "step", {"updates": 0})
+    assert (d / "plots/metrics").is_dir() and not list((d / "plots/metrics").iterdir())
+    assert json.loads((d / "metrics.json").read_text()) == {"updates": 0}
