@@ -6,7 +6,7 @@ and ``dvc plots diff`` compare runs on them; the stages' own JSON and CSV files 
 the artifacts the report reads. Only numbers go in (no params, no strings: DVC shows params from params.yaml
 itself), so ``dvc metrics show`` stays one readable table.
 
-A stage writes its dvclive directory from scratch each time (``write_live``): the curve so far plus the
+A stage writes its dvclive files from scratch each time (``write_live``): the curve so far plus the
 summary. That makes it idempotent, so a resumed fine-tuning run (whose curve comes back from its saved state)
 writes exactly what an uninterrupted one would.
 """
@@ -58,7 +58,9 @@ def write_live(
 
     logging.getLogger("dvclive").setLevel(logging.WARNING)  # it reports every file it writes at INFO
     directory = live_dir(stage)
-    shutil.rmtree(directory, ignore_errors=True)
+    # what dvclive writes goes, nothing else: DVC keeps the .gitignore of the cached plots directory in plots/
+    shutil.rmtree(directory / "plots" / "metrics", ignore_errors=True)
+    (directory / "metrics.json").unlink(missing_ok=True)
     with Live(
         dir=str(directory), save_dvc_exp=False, dvcyaml=None, report=None, monitor_system=False, cache_images=False
     ) as live:

@@ -22,10 +22,11 @@ def test_write_live_is_the_curve_and_summary_and_rewrites_from_scratch(tmp_path,
     assert json.loads((d / "metrics.json").read_text()) == {"final_success": 0.5, "updates": 9, "step": 200}
     assert (d / "plots/metrics/success.tsv").read_text().splitlines() == ["step\tsuccess", "100\t0.25", "200\t0.5"]
     assert (d / "plots/metrics/critic_loss.tsv").read_text().splitlines() == ["step\tcritic_loss", "200\t2.0"]
+    (d / "plots/.gitignore").write_text("/metrics\n")  # what DVC writes for the cached plots directory
     once = {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()}
     write_live("finetune", rows[:1], "env_steps")
     write_live("finetune", rows, "env_steps", {"final_success": 0.5, "device": "cpu", "updates": 9})
-    assert {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} == once
+    assert {p.name: p.read_bytes() for p in d.rglob("*") if p.is_file()} == once  # .gitignore kept
     assert not (tmp_path / "dvc.yaml").exists() and not list(tmp_path.glob("*.html"))  # no dvc.yaml, no report
 
 

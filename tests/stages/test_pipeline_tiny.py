@@ -120,6 +120,25 @@ def test_second_repro_runs_nothing_and_param_change_reruns_downstream_only(ws: P
     assert ran_stages(out) == ["check_params", "finetune", "evaluate", "report"], out
 
 
+def test_critic_without_offline_fit_runs_through_dvc_repro(ws: Path):
+    """``fit_critic.fit.mode: none`` (the CPU profile's and the paper's default) logs no curve: its declared
+    dvclive plots directory must still be an output DVC accepts; the original params come back from the
+    run-cache."""
+    before = (ws / "params.yaml").read_text()
+    params = yaml.safe_load(before)
+    params["fit_critic"]["fit"]["mode"] = "none"
+    (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(ws, "dvc", "repro")
+        assert ran_stages(out) == ["check_params", "fit_critic", "finetune", "evaluate", "report"], out
+        assert json.loads((ws / "metrics/fit_critic.json").read_text())["updates"] == 0
+        assert (ws / "dvclive/fit_critic/plots/metrics").is_dir()
+    finally:
+        (ws / "params.yaml").write_text(before)
+    out = sh(ws, "dvc", "repro")
+    assert ran_stages(out) == [], out  # every stage restored from the run-cache
+
+
 def _outputs(ws: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(ws)): p.read_bytes()
