@@ -113,7 +113,10 @@ def make_noise_actor(obs_dim: int, noise_dim: int, cfg: DSRLConfig) -> GaussianP
 NOISE_MODES = ("rollout", "eval", "mode", "base")
 # The evaluate stage names its modes by determinism (ogpo.policy_io.load_deployed_policy): "ode" -> the
 # deterministic DSRL policy (mode noise), "sde" -> the stochastic one (w ~ pi_psi, the official DSRL eval).
-DEPLOY_ALIASES = {"ode": "mode", "sde": "eval"}
+# The evaluate stage's modes name the flow's sampler; DSRL's is always the ODE through the frozen flow, from a noise
+# drawn as the official eval draws it (stochastic w ~ pi_psi, baselines spec 1.6), so both mean "eval"; the actor's
+# deterministic mode B_w tanh(mu) (which the official code never evaluates) is asked for by name: "mode".
+DEPLOY_ALIASES = {"ode": "eval", "sde": "eval"}
 
 
 @torch.no_grad()
@@ -356,7 +359,7 @@ def deploy(
 
     Rebuilds pi_psi from ``config["algo_config"]`` (the asdict of DSRLConfig) and the ``deploy.noise_actor.*``
     tensors, then maps its noise through the frozen ``actor``. ``mode``: "eval" (stochastic, as the official
-    eval), "mode" (B_w tanh(mu)) or "base" (w ~ N(0, I)); the evaluate stage's "sde" / "ode" mean "eval" / "mode".
+    eval), "mode" (B_w tanh(mu)) or "base" (w ~ N(0, I)); the evaluate stage's "sde" and "ode" both mean "eval".
     Either GCP of the checkpoint may be passed in: for DSRL both slots hold the same frozen BC flow.
     """
     cfg_dict = config.get("algo_config")
