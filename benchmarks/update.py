@@ -1,17 +1,35 @@
 """Seconds per OGPO update (actor + critic) and per rollout decision with Best-of-N, printed as a table.
 
-    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu]
+    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu] [--threads N]
+    python benchmarks/update.py --reference DIR [--ref-python PATH] [--only square|cpu] [--threads 1,2]
+                                [--rounds 3] [--block-seconds 2]
 
 Configurations: the Square paper setting (obs 23, d_a 7, H 4, K 10, G 32, batch 256, M 10, 4x512 MLPs) and the
 small CPU setting of the default profile. Timings exclude one warm-up call; CUDA timings synchronize only at
 the end of each timed block.
+
+``--reference DIR`` times our update against the official JAX/Flax agent (a local copy of
+simchowitzlabpublic/OGPO_public at DIR, outside this repository; nothing of it is copied here). The official
+agent runs in its own venv (``bash benchmarks/reference_venv.sh`` makes it; ``--ref-python`` points elsewhere)
+through ``benchmarks/reference_driver.py``, which builds it from its own config loader with the
+``scripts/ogpo/square.sh`` arguments plus the setting's sizes. Per setting and thread count (CPU only; both
+sides pinned to the first N allowed cores), the two updates are timed in alternating blocks (ours then theirs,
+theirs then ours, ...) after compile/warm-up, and the table gives the medians, their ratio and the share of a
+measured torch matmul peak (float32 and bfloat16) that the counted matmul FLOPs per update reach.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -20,6 +38,9 @@ from ogpo.critic import CriticConfig
 from ogpo.data.replay import SequenceBatch
 from ogpo.gcp import make_gcp
 from ogpo.gcp.base import GCPConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_REF_PYTHON = Path.home() / ".cache" / "ogpo" / "reference-venv" / "bin" / "python"
 
 
 @dataclass
@@ -64,7 +85,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
+def make_agent(s: Setting, kind: str, device: torch.device) -> tuple[OGPOAgent, SequenceBatch, SequenceBatch]:
+    """Our agent for a setting and a replay batch plus a success-buffer batch (both of the critic batch size)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     actor = make_gcp(GCPConfig(kind=kind, obs_dim=s.obs_dim, act_dim=s.act_dim, H=s.H, K=s.K, hidden=s.hidden))
@@ -73,7 +95,11 @@ def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
         CriticConfig(obs_dim=s.obs_dim, chunk_dim=s.H * s.act_dim, M=s.M, hidden=s.critic_hidden),
         OGPOConfig(G=s.G, ppo_batch_size=s.ppo_batch or s.batch, batch_size=s.batch, best_of_n=s.best_of_n),
     )
-    b, sb = batch(s, device, g), batch(s, device, g)
+    return agent, batch(s, device, g), batch(s, device, g)
+
+
+def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
+    agent, b, sb = make_agent(s, kind, device)
     agent.update_on(b, sb)  # warm-up
     sync(device)
     t = time.perf_counter()
@@ -93,15 +119,261 @@ def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
     return {"setting": s.name, "kind": kind, "update_s": upd, "bon_decision_s": act, "num_envs": s.num_envs}
 
 
+# ---- --reference: side by side with the official JAX agent -------------------------------------------------
+
+
+class RefSetupError(Exception):
+    """A problem with the reference setup, reported as one line."""
+
+
+def check_reference(dir_arg: str, python_arg: str | None) -> tuple[Path, Path]:
+    src = Path(dir_arg).expanduser().resolve()
+    if not src.is_dir():
+        raise RefSetupError(f"--reference {dir_arg}: no such directory")
+    if src == REPO or REPO in src.parents:
+        raise RefSetupError(f"--reference {dir_arg}: the official code must live outside this repository")
+    agent_py = src / "ogpo" / "agents" / "ogpo.py"
+    needed = [
+        agent_py,
+        src / "ogpo" / "utils" / "config_loader.py",
+        src / "ogpo" / "configs" / "algos" / "ogpo.yaml",
+        src / "scripts" / "ogpo" / "square.sh",
+    ]
+    missing = [str(p.relative_to(src)) for p in needed if not p.is_file()]
+    if missing or "class OGPOAgent" not in agent_py.read_text(errors="replace"):
+        what = ", ".join(missing) if missing else "class OGPOAgent in ogpo/agents/ogpo.py"
+        raise RefSetupError(f"--reference {dir_arg} does not hold the official OGPO agent (missing {what})")
+    py = Path(python_arg or os.environ.get("OGPO_REFERENCE_PYTHON") or DEFAULT_REF_PYTHON).expanduser()
+    if not (py.is_file() and os.access(py, os.X_OK)):
+        hint = "" if python_arg else " (create it with: bash benchmarks/reference_venv.sh)"
+        raise RefSetupError(f"reference python not found at {py}{hint}")
+    return src, py
+
+
+class Driver:
+    """The official agent's update, served by benchmarks/reference_driver.py in the reference venv."""
+
+    def __init__(self, python: Path, src: Path, s: Setting, threads: int) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        env["JAX_PLATFORMS"] = "cpu"
+        env["OMP_NUM_THREADS"] = str(threads)
+        if threads == 1:
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            ).strip()
+        setting = {k: v for k, v in asdict(s).items() if k not in ("name", "best_of_n", "num_envs")}
+        setting["ppo_batch"] = s.ppo_batch or s.batch
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in close())
+        cmd = [
+            str(python),
+            "-P",
+            str(Path(__file__).with_name("reference_driver.py")),
+            "--dir",
+            str(src),
+            "--setting",
+            json.dumps(setting),
+            "--threads",
+            str(threads),
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=str(src), env=env
+        )
+        self.info = self._read()
+        if not self.info.get("ready"):
+            raise RefSetupError(f"reference driver did not start: {self.info}")
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait()
+            self.stderr.seek(0)
+            tail = [ln for ln in self.stderr.read().splitlines() if ln.strip()][-1:] or ["(no output)"]
+            raise RefSetupError(f"reference driver exited ({self.proc.returncode}): {tail[0][:300]}")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RefSetupError(f"reference driver: {reply['error']}")
+        return reply
+
+    def time(self, n: int) -> tuple[float, float]:
+        """Seconds per update over n updates, and the cores its process kept busy meanwhile."""
+        self.proc.stdin.write(f"time {n}\n")
+        self.proc.stdin.flush()
+        r = self._read()
+        return r["seconds"] / n, r["cpu_seconds"] / r["seconds"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write("quit\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=30)
+            except (BrokenPipeError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+
+
+def pin(cpus: list[int], threads: int) -> None:
+    """This process (and torch's pool) on the first `threads` allowed cores."""
+    os.sched_setaffinity(0, cpus[:threads])
+    torch.set_num_threads(threads)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, bursts: int = 3, seconds: float = 0.5) -> float:
+    """Best FLOP/s of an n x n matmul over a few short bursts at the current thread count."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(bursts):
+        reps, t = 0, time.perf_counter()
+        while (dt := time.perf_counter() - t) < seconds or reps == 0:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n**3 * reps / dt)
+    return best
+
+
+def counted_flops(agent: OGPOAgent, b: SequenceBatch, sb: SequenceBatch) -> float:
+    """Matmul FLOPs of one of our updates (forward and backward), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        agent.update_on(b, sb)
+    return float(fc.get_total_flops())
+
+
+def ours_time(agent: OGPOAgent, b: SequenceBatch, sb: SequenceBatch, n: int) -> tuple[float, float]:
+    c0, t0 = os.times(), time.perf_counter()
+    for _ in range(n):
+        agent.update_on(b, sb)
+    wall = time.perf_counter() - t0
+    c1 = os.times()
+    return wall / n, ((c1.user - c0.user) + (c1.system - c0.system)) / wall
+
+
+def run_reference(args: argparse.Namespace, threads: list[int]) -> None:
+    src, py = check_reference(args.reference, args.ref_python)
+    if args.device != "cpu":
+        raise RefSetupError("--reference compares on CPU only (the reference venv is CPU-only): use --device cpu")
+    cpus = sorted(os.sched_getaffinity(0))
+    skipped = [n for n in threads if n > len(cpus)]
+    threads = [n for n in threads if n <= len(cpus)]
+    if not threads:
+        raise RefSetupError(f"no thread count fits the {len(cpus)} allowed cores")
+    device = torch.device("cpu")
+    peaks, rows, notes, flops_ours = {}, [], [], {}
+    versions = ""
+    for key, s in SETTINGS.items():
+        if args.only and key != args.only:
+            continue
+        for n in threads:
+            pin(cpus, n)
+            if n not in peaks:
+                peaks[n] = (matmul_peak(torch.float32), matmul_peak(torch.bfloat16))
+            drv = Driver(py, src, s, n)
+            try:
+                info = drv.info
+                versions = f"jax {info['versions']['jax']}, Python {info['versions']['python']}"
+                if n == threads[0]:
+                    over = " ".join(info["overrides"]) or "none"
+                    compile_s = info["compile_s"]
+                    notes.append(f"{s.name}: official config = square.sh + {over}; XLA compile {compile_s:.0f} s")
+                agent, b, sb = make_agent(s, "flow", device)
+                agent.update_on(b, sb)  # warm-up
+                if key not in flops_ours:
+                    flops_ours[key] = counted_flops(agent, b, sb)
+                probe = max(ours_time(agent, b, sb, 1)[0], drv.time(1)[0])
+                block = max(1, round(args.block_seconds / probe))
+                ours, theirs = [], []
+                for r in range(args.rounds):
+                    sides = [("ours", ours), ("ref", theirs)]
+                    for side, out in sides if r % 2 == 0 else sides[::-1]:
+                        out.append(ours_time(agent, b, sb, block) if side == "ours" else drv.time(block))
+            finally:
+                drv.close()
+            med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
+            rows.append(
+                {
+                    "setting": s.name,
+                    "threads": n,
+                    "block": block,
+                    "ours": med(ours, 0),
+                    "ref": med(theirs, 0),
+                    "ours_cores": med(ours, 1),
+                    "ref_cores": med(theirs, 1),
+                    "ours_flops": flops_ours[key],
+                    "ref_flops": info["matmul_flops"],
+                    "peak": peaks[n],
+                }
+            )
+
+    print(f"reference: {src} ({versions}); ours: torch {torch.__version__}; CPU, cores allowed {cpus}")
+    print(f"{args.rounds} rounds per row, blocks alternating ours->ref / ref->ours; medians over rounds")
+    for n, (p32, p16) in peaks.items():
+        print(
+            f"matmul peak (torch 2048^2, {n} thread{'s' * (n > 1)}): float32 {p32 / 1e9:.0f} GFLOP/s, "
+            f"bfloat16 {p16 / 1e9:.0f} GFLOP/s"
+        )
+    for note in notes:
+        print(note)
+    if skipped:
+        print(f"skipped thread counts {skipped}: only {len(cpus)} cores allowed")
+    hdr = (
+        f"{'setting':<20} {'thr':>3} {'upd/blk':>7} {'ours s/upd':>10} {'ref s/upd':>10} {'ref/ours':>8} "
+        f"{'GFLOP/upd ours|ref':>18} {'ours %fp32|%bf16':>16} {'ref %fp32|%bf16':>16} {'cores ours|ref':>14}"
+    )
+    print(hdr)
+    for r in rows:
+        pct = lambda f, t, p=r["peak"]: f"{100 * f / t / p[0]:5.1f}|{100 * f / t / p[1]:4.1f}"  # noqa: E731
+        print(
+            f"{r['setting']:<20} {r['threads']:>3} {r['block']:>7} {r['ours']:>10.4f} {r['ref']:>10.4f} "
+            f"{r['ref'] / r['ours']:>8.2f} {r['ours_flops'] / 1e9:>9.2f}|{r['ref_flops'] / 1e9:<8.2f} "
+            f"{pct(r['ours_flops'], r['ours']):>16} {pct(r['ref_flops'], r['ref']):>16} "
+            f"{r['ours_cores']:>6.2f}|{r['ref_cores']:<7.2f}"
+        )
+    print(
+        "ref/ours > 1: ours is faster. GFLOP/upd: matmul FLOPs of one update (fwd+bwd), counted by torch's "
+        "FlopCounterMode for ours and from the dots in XLA's compiled HLO for ref. cores: process CPU time / wall."
+    )
+
+
+def parse_threads(text: str | None) -> list[int]:
+    try:
+        out = [int(t) for t in text.split(",") if t.strip()] if text else []
+    except ValueError:
+        out = [0]
+    if any(n < 1 for n in out):
+        raise RefSetupError(f"--threads wants positive integers like 1 or 1,2, got {text!r}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=sorted(SETTINGS), default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", default=None, help="torch threads; with --reference a list, default 1,2")
+    ap.add_argument("--reference", metavar="DIR", default=None, help="local copy of the official JAX source")
+    ap.add_argument(
+        "--ref-python", metavar="PATH", default=None, help=f"the reference venv's python (default {DEFAULT_REF_PYTHON})"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="with --reference: alternating rounds per row")
+    ap.add_argument("--block-seconds", type=float, default=2.0, help="with --reference: target seconds per block")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        threads = parse_threads(args.threads)
+        if args.reference is not None:
+            if args.rounds < 1 or args.block_seconds <= 0:
+                raise RefSetupError("--rounds must be >= 1 and --block-seconds > 0")
+            run_reference(args, threads or [1, 2])
+            return
+        if len(threads) > 1:
+            raise RefSetupError("--threads takes one number without --reference")
+    except RefSetupError as e:
+        print(f"update.py: {e}", file=sys.stderr)
+        sys.exit(2)
+    if threads:
+        torch.set_num_threads(threads[0])
     device = torch.device(args.device)
     rows = []
     for key, s in SETTINGS.items():
