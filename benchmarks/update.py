@@ -308,7 +308,8 @@ def run_reference(args: argparse.Namespace, threads: list[int]) -> None:
             )
 
     print(f"reference: {src} ({versions}); ours: torch {torch.__version__}; CPU, cores allowed {cpus}")
-    print(f"{args.rounds} rounds per row, blocks alternating ours->ref / ref->ours; medians over rounds")
+    rounds = f"{args.rounds} round{'s' * (args.rounds > 1)}"
+    print(f"{rounds} per row, blocks alternating ours->ref / ref->ours; medians over rounds")
     for n, (p32, p16) in peaks.items():
         print(
             f"matmul peak (torch 2048^2, {n} thread{'s' * (n > 1)}): float32 {p32 / 1e9:.0f} GFLOP/s, "
