@@ -6,12 +6,11 @@ alternating rounds so that background load hits all of them alike) and the ratio
 
     vector steps/s / (workers x raw single-env steps/s)      (target >= 0.8)
 
-for three ways of driving the vector env: ``step`` (one action per env per round trip, a per-step policy);
-queued chunks, the path the trainer and ogpo.rollout.evaluate use (spec 2.9's per-env chunk queue calls a chunk
-policy once per chunk and commits the chunk with ``queue_chunks``; workers run ahead through it while ``step``
-still returns one action's results at a time, so seeded results are unchanged); and ``step_chunk`` (an H-action
-chunk per env per round trip). Workers are pinned to CPUs as the library does by default (when they fill the
-CPUs) unless ``--no-pin``.
+for the vector env's two stepping paths: plain ``step`` (one action per env per round trip, a per-step policy;
+the baseline), and queued chunks, the path the trainer and ogpo.rollout.evaluate use (spec 2.9's per-env chunk
+queue calls a chunk policy once per chunk and commits the chunk with ``queue_chunks``; workers run ahead through
+it while ``step`` still returns one action's results at a time, so seeded results are unchanged). Workers are
+pinned to CPUs as the library does by default (when they fill the CPUs) unless ``--no-pin``.
 
 Usage: ``.venv/bin/python benchmarks/envs.py [--task lift] [--workers 2] [--H 4] [--steps 1000] [--rounds 4]
 [--no-pin]``
@@ -134,7 +133,6 @@ def _cpu_seconds(pids: list[int]) -> float:
 MODES = {
     "step": "step (per action)",
     "queued": "queued chunks",
-    "chunk": "step_chunk",
 }
 
 
@@ -142,7 +140,7 @@ def vector_rate(env, net: torch.nn.Module, steps: int, seed: int, mode: str) -> 
     """Vector env steps/s (counting every env's step), the policy's share of the wall time, and the CPU
     seconds (workers + caller) spent per env step. Modes: ``step``, a per-step policy and one ``step`` per
     action; ``queued``, the pipeline's path (a chunk policy through ogpo.rollout.ChunkQueue, which commits each
-    chunk with ``queue_chunks``, and one ``step`` per action); ``chunk``, a chunk policy and ``step_chunk``."""
+    chunk with ``queue_chunks``, and one ``step`` per action)."""
     obs = env.reset(seed)
     queue = ChunkQueue(env.num_envs, net[-1].unflattened_size[0], env.act_dim)
     n = 0
@@ -159,13 +157,9 @@ def vector_rate(env, net: torch.nn.Module, steps: int, seed: int, mode: str) -> 
     t0 = time.perf_counter()
     with torch.inference_mode():
         while n < steps:
-            if mode == "chunk":
-                res = env.step_chunk(pol(obs))
-                n += int(res.steps.sum())
-            else:
-                res = env.step(queue.next_actions(obs, pol, env) if mode == "queued" else pol(obs)[:, 0])
-                queue.clear(res.terminated | res.truncated)
-                n += env.num_envs
+            res = env.step(queue.next_actions(obs, pol, env) if mode == "queued" else pol(obs)[:, 0])
+            queue.clear(res.terminated | res.truncated)
+            n += env.num_envs
             obs = res.obs
     wall = time.perf_counter() - t0
     cpu = _cpu_seconds(env.pids) - cpu0 + time.process_time() - own0

@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/reference_venv.sh [VENV]     (default: $HOME/.cache/ogpo/reference-venv)
 #
-# CPU-only jax/jaxlib plus what the official update path imports (flax, optax, chex, distrax, pyyaml).
+# CPU-only jax/jaxlib plus what the official update path imports (flax, optax, chex, distrax, einops, pyyaml).
 # The versions are the ones the official code's update path was run with here (Python 3.11). Idempotent:
 # an existing venv with these pins is left as it is. Nothing of the official code is installed; the driver
 # imports it from DIR at run time.
@@ -13,7 +13,7 @@ VENV="${1:-${HOME}/.cache/ogpo/reference-venv}"
 PYTHON="${REFERENCE_PYTHON:-python3.11}"
 PINS=(
   "jax==0.10.2" "jaxlib==0.10.2" "flax==0.12.8" "optax==0.2.8" "chex==0.1.92" "distrax==0.1.9"
-  "numpy<3" "pyyaml>=6"
+  "einops==0.8.1" "numpy<3" "pyyaml>=6"
 )
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

@@ -1,8 +1,11 @@
 """Seconds per OGPO update (actor + critic) and per rollout decision with Best-of-N, printed as a table.
 
-    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu] [--threads N]
+    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu] [--threads N] [--ours fp32,bf16]
     python benchmarks/update.py --reference DIR [--ref-python PATH] [--only square|cpu] [--threads 1,2]
-                                [--rounds 3] [--block-seconds 2]
+                                [--ours fp32,bf16] [--rounds 3] [--block-seconds 2]
+
+``--ours`` lists how our networks compute (ogpo.precision): fp32, bf16 (autocast matmuls, float32 log-probs,
+ratios and losses), either with +compile (torch.compile; its first update includes the compilation).
 
 Configurations: the Square paper setting (obs 23, d_a 7, H 4, K 10, G 32, batch 256, M 10, 4x512 MLPs) and the
 small CPU setting of the default profile. Timings exclude one warm-up call; CUDA timings synchronize only at
@@ -85,7 +88,35 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_agent(s: Setting, kind: str, device: torch.device) -> tuple[OGPOAgent, SequenceBatch, SequenceBatch]:
+@dataclass(frozen=True)
+class Variant:
+    """How our networks compute (ogpo.precision): ``fp32``, ``bf16``, ``fp32+compile``, ``bf16+compile``."""
+
+    precision: str = "fp32"
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.precision + ("+compile" if self.compile else "")
+
+
+def parse_variants(text: str) -> list[Variant]:
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        prec, _, extra = part.partition("+")
+        if prec not in ("fp32", "bf16") or extra not in ("", "compile"):
+            raise RefSetupError(
+                f"--ours wants fp32, bf16, fp32+compile or bf16+compile (comma-separated), got {part!r}"
+            )
+        out.append(Variant(prec, extra == "compile"))
+    if not out:
+        raise RefSetupError("--ours names no variant")
+    return out
+
+
+def make_agent(
+    s: Setting, kind: str, device: torch.device, variant: Variant = Variant()
+) -> tuple[OGPOAgent, SequenceBatch, SequenceBatch]:
     """Our agent for a setting and a replay batch plus a success-buffer batch (both of the critic batch size)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
@@ -93,14 +124,27 @@ def make_agent(s: Setting, kind: str, device: torch.device) -> tuple[OGPOAgent, 
     agent = OGPOAgent(
         actor.to(device),
         CriticConfig(obs_dim=s.obs_dim, chunk_dim=s.H * s.act_dim, M=s.M, hidden=s.critic_hidden),
-        OGPOConfig(G=s.G, ppo_batch_size=s.ppo_batch or s.batch, batch_size=s.batch, best_of_n=s.best_of_n),
+        OGPOConfig(
+            G=s.G,
+            ppo_batch_size=s.ppo_batch or s.batch,
+            batch_size=s.batch,
+            best_of_n=s.best_of_n,
+            precision=variant.precision,
+            compile=variant.compile,
+        ),
     )
     return agent, batch(s, device, g), batch(s, device, g)
 
 
-def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
-    agent, b, sb = make_agent(s, kind, device)
-    agent.update_on(b, sb)  # warm-up
+def ran_as(agent: OGPOAgent) -> str:
+    """The variant an agent really runs (a host without bf16 or a compiler falls back with a warning)."""
+    acc = agent.acceleration
+    return ("bf16" if acc.dtype is torch.bfloat16 else "fp32") + ("+compile" if acc.compile else "")
+
+
+def bench(s: Setting, kind: str, device: torch.device, repeats: int, variant: Variant) -> dict:
+    agent, b, sb = make_agent(s, kind, device, variant)
+    agent.update_on(b, sb)  # warm-up (and compilation)
     sync(device)
     t = time.perf_counter()
     for _ in range(repeats):
@@ -116,7 +160,14 @@ def bench(s: Setting, kind: str, device: torch.device, repeats: int) -> dict:
         agent.act(obs, "bon")
     sync(device)
     act = (time.perf_counter() - t) / n_act
-    return {"setting": s.name, "kind": kind, "update_s": upd, "bon_decision_s": act, "num_envs": s.num_envs}
+    return {
+        "setting": s.name,
+        "kind": kind,
+        "variant": ran_as(agent),
+        "update_s": upd,
+        "bon_decision_s": act,
+        "num_envs": s.num_envs,
+    }
 
 
 # ---- --reference: side by side with the official JAX agent -------------------------------------------------
@@ -251,7 +302,7 @@ def ours_time(agent: OGPOAgent, b: SequenceBatch, sb: SequenceBatch, n: int) -> 
     return wall / n, ((c1.user - c0.user) + (c1.system - c0.system)) / wall
 
 
-def run_reference(args: argparse.Namespace, threads: list[int]) -> None:
+def run_reference(args: argparse.Namespace, threads: list[int], variants: list[Variant]) -> None:
     src, py = check_reference(args.reference, args.ref_python)
     if args.device != "cpu":
         raise RefSetupError("--reference compares on CPU only (the reference venv is CPU-only): use --device cpu")
@@ -278,38 +329,50 @@ def run_reference(args: argparse.Namespace, threads: list[int]) -> None:
                     over = " ".join(info["overrides"]) or "none"
                     compile_s = info["compile_s"]
                     notes.append(f"{s.name}: official config = square.sh + {over}; XLA compile {compile_s:.0f} s")
-                agent, b, sb = make_agent(s, "flow", device)
-                agent.update_on(b, sb)  # warm-up
-                if key not in flops_ours:
-                    flops_ours[key] = counted_flops(agent, b, sb)
-                probe = max(ours_time(agent, b, sb, 1)[0], drv.time(1)[0])
+                ours_sides = {}
+                for v in variants:
+                    agent, b, sb = make_agent(s, "flow", device, v)
+                    t0 = time.perf_counter()
+                    agent.update_on(b, sb)  # warm-up (and compilation)
+                    warm = time.perf_counter() - t0
+                    if v.compile and n == threads[0]:
+                        notes.append(f"{s.name}: ours {v.name} first update (compiling) {warm:.0f} s")
+                    if (key, v.precision) not in flops_ours:  # counted eagerly: the compiled graph hides its ops
+                        eager, eb, esb = make_agent(s, "flow", device, Variant(v.precision))
+                        flops_ours[(key, v.precision)] = counted_flops(eager, eb, esb)
+                    if ran_as(agent) != v.name:
+                        notes.append(f"{s.name}: ours {v.name} requested, ran as {ran_as(agent)} (see the warning)")
+                    ours_sides[v] = (agent, b, sb)
+                probe = max([ours_time(*o, 1)[0] for o in ours_sides.values()] + [drv.time(1)[0]])
                 block = max(1, round(args.block_seconds / probe))
-                ours, theirs = [], []
+                times: dict[Variant | None, list[tuple[float, float]]] = {v: [] for v in ours_sides} | {None: []}
+                order = [*ours_sides, None]  # None: the reference
                 for r in range(args.rounds):
-                    sides = [("ours", ours), ("ref", theirs)]
-                    for side, out in sides if r % 2 == 0 else sides[::-1]:
-                        out.append(ours_time(agent, b, sb, block) if side == "ours" else drv.time(block))
+                    for side in order if r % 2 == 0 else order[::-1]:
+                        times[side].append(drv.time(block) if side is None else ours_time(*ours_sides[side], block))
             finally:
                 drv.close()
             med = lambda xs, i: statistics.median(x[i] for x in xs)  # noqa: E731
-            rows.append(
-                {
-                    "setting": s.name,
-                    "threads": n,
-                    "block": block,
-                    "ours": med(ours, 0),
-                    "ref": med(theirs, 0),
-                    "ours_cores": med(ours, 1),
-                    "ref_cores": med(theirs, 1),
-                    "ours_flops": flops_ours[key],
-                    "ref_flops": info["matmul_flops"],
-                    "peak": peaks[n],
-                }
-            )
+            for v in ours_sides:
+                rows.append(
+                    {
+                        "setting": s.name,
+                        "threads": n,
+                        "ours_variant": ran_as(ours_sides[v][0]),
+                        "block": block,
+                        "ours": med(times[v], 0),
+                        "ref": med(times[None], 0),
+                        "ours_cores": med(times[v], 1),
+                        "ref_cores": med(times[None], 1),
+                        "ours_flops": flops_ours[(key, v.precision)],
+                        "ref_flops": info["matmul_flops"],
+                        "peak": peaks[n],
+                    }
+                )
 
     print(f"reference: {src} ({versions}); ours: torch {torch.__version__}; CPU, cores allowed {cpus}")
     rounds = f"{args.rounds} round{'s' * (args.rounds > 1)}"
-    print(f"{rounds} per row, blocks alternating ours->ref / ref->ours; medians over rounds")
+    print(f"{rounds} per setting, blocks alternating ours->ref / ref->ours; medians over rounds")
     for n, (p32, p16) in peaks.items():
         print(
             f"matmul peak (torch 2048^2, {n} thread{'s' * (n > 1)}): float32 {p32 / 1e9:.0f} GFLOP/s, "
@@ -320,14 +383,15 @@ def run_reference(args: argparse.Namespace, threads: list[int]) -> None:
     if skipped:
         print(f"skipped thread counts {skipped}: only {len(cpus)} cores allowed")
     hdr = (
-        f"{'setting':<20} {'thr':>3} {'upd/blk':>7} {'ours s/upd':>10} {'ref s/upd':>10} {'ref/ours':>8} "
+        f"{'setting':<20} {'thr':>3} {'ours':<12} {'upd/blk':>7} {'ours s/upd':>10} {'ref s/upd':>10} {'ref/ours':>8} "
         f"{'GFLOP/upd ours|ref':>18} {'ours %fp32|%bf16':>16} {'ref %fp32|%bf16':>16} {'cores ours|ref':>14}"
     )
     print(hdr)
     for r in rows:
         pct = lambda f, t, p=r["peak"]: f"{100 * f / t / p[0]:5.1f}|{100 * f / t / p[1]:4.1f}"  # noqa: E731
         print(
-            f"{r['setting']:<20} {r['threads']:>3} {r['block']:>7} {r['ours']:>10.4f} {r['ref']:>10.4f} "
+            f"{r['setting']:<20} {r['threads']:>3} {r['ours_variant']:<12} {r['block']:>7} "
+            f"{r['ours']:>10.4f} {r['ref']:>10.4f} "
             f"{r['ref'] / r['ours']:>8.2f} {r['ours_flops'] / 1e9:>9.2f}|{r['ref_flops'] / 1e9:<8.2f} "
             f"{pct(r['ours_flops'], r['ours']):>16} {pct(r['ref_flops'], r['ref']):>16} "
             f"{r['ours_cores']:>6.2f}|{r['ref_cores']:<7.2f}"
@@ -358,15 +422,21 @@ def main() -> None:
     ap.add_argument(
         "--ref-python", metavar="PATH", default=None, help=f"the reference venv's python (default {DEFAULT_REF_PYTHON})"
     )
+    ap.add_argument(
+        "--ours",
+        default="fp32,bf16",
+        help="our variants to time, comma-separated: fp32, bf16, fp32+compile, bf16+compile (default fp32,bf16)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="with --reference: alternating rounds per row")
     ap.add_argument("--block-seconds", type=float, default=2.0, help="with --reference: target seconds per block")
     args = ap.parse_args()
     try:
         threads = parse_threads(args.threads)
+        variants = parse_variants(args.ours)
         if args.reference is not None:
             if args.rounds < 1 or args.block_seconds <= 0:
                 raise RefSetupError("--rounds must be >= 1 and --block-seconds > 0")
-            run_reference(args, threads or [1, 2])
+            run_reference(args, threads or [1, 2], variants)
             return
         if len(threads) > 1:
             raise RefSetupError("--threads takes one number without --reference")
@@ -381,12 +451,17 @@ def main() -> None:
         if args.only and key != args.only:
             continue
         for kind in ("flow", "diffusion"):
-            rows.append(bench(s, kind, device, args.repeats))
+            for v in variants:
+                rows.append(bench(s, kind, device, args.repeats, v))
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
-    print(f"{'setting':<20} {'GCP':<10} {'s / update (actor+critic)':>26} {'s / BoN-8 decision':>20} {'envs':>5}")
+    print(
+        f"{'setting':<20} {'GCP':<10} {'ours':<12} {'s / update (actor+critic)':>26} "
+        f"{'s / BoN-8 decision':>20} {'envs':>5}"
+    )
     for r in rows:
         print(
-            f"{r['setting']:<20} {r['kind']:<10} {r['update_s']:>26.4f} {r['bon_decision_s']:>20.5f} {r['num_envs']:>5}"
+            f"{r['setting']:<20} {r['kind']:<10} {r['variant']:<12} {r['update_s']:>26.4f} "
+            f"{r['bon_decision_s']:>20.5f} {r['num_envs']:>5}"
         )
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from ogpo.checks import check_positive_int, check_shape
 from ogpo.errors import ConfigError
 from ogpo.nets import EnsembleMLP, ema_update_
+from ogpo.precision import run_net
 
 
 @dataclass
@@ -45,7 +46,7 @@ class CriticEnsemble(nn.Module):
         chunk = chunk.reshape(chunk.shape[0], -1)
         check_shape("critic obs", obs, (None, self.cfg.obs_dim))
         check_shape("critic chunk", chunk, (obs.shape[0], self.cfg.chunk_dim))
-        return self.net(torch.cat([obs, chunk], dim=-1)).squeeze(-1)
+        return run_net(self, self.net, torch.cat([obs, chunk], dim=-1)).squeeze(-1)
 
 
 class CriticPair(nn.Module):

@@ -26,6 +26,7 @@ from ogpo.data.replay import ReplayBuffer, SequenceBatch
 from ogpo.errors import ConfigError
 from ogpo.gcp.base import GCP
 from ogpo.nets import ema_update_
+from ogpo.precision import PRECISIONS, accelerate_, resolve
 
 
 @dataclass
@@ -62,10 +63,18 @@ class OGPOConfig:
     # code: old log-prob accumulated on the raw final sample, the stored chain ends in the clipped x_K
     # (spec 1.4); "clean": the chain stores the raw x_K, so old and new log-probs see the same points
     chain_storage: Literal["official", "clean"] = "official"
+    # how the networks compute (ogpo.precision): bf16 autocasts every network evaluation (log-probs, ratios,
+    # advantages, targets and losses stay float32, and the old log-prob is re-evaluated by the same batched
+    # pass as the new one, so equal online and EMA weights still give a ratio of exactly 1); compile runs them
+    # through torch.compile. Both fall back with one warning where the host cannot do them.
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
 
     def validate(self) -> None:
         if self.advantage not in ("vanilla", "conservative"):
             raise ConfigError(f"advantage must be vanilla or conservative, got {self.advantage!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.chain_storage not in ("official", "clean"):
             raise ConfigError(f"chain_storage must be official or clean, got {self.chain_storage!r}")
         check_positive_int("G", self.G, minimum=2)
@@ -161,6 +170,9 @@ class OGPOAgent(Agent):
         self.target_actor = (target_actor if target_actor is not None else copy.deepcopy(actor)).requires_grad_(False)
         dev = next(actor.parameters()).device
         self.critic = CriticPair(critic_cfg).to(dev)
+        self.acceleration = resolve(cfg.precision, cfg.compile, dev, self.name)
+        for m in (self.actor, self.target_actor, self.critic.online, self.critic.target):
+            accelerate_(m, self.acceleration)
         self.H = actor.cfg.H
         self.actor_opt = torch.optim.AdamW(actor.parameters(), lr=cfg.actor_lr, eps=1e-8, weight_decay=0.0)
         self.critic_opt = torch.optim.AdamW(
@@ -219,8 +231,13 @@ class OGPOAgent(Agent):
             if c.chain_storage == "official":  # old log-prob stays the raw sample's (spec 1.4)
                 chain = chain.clone()
                 chain[:, -1].clamp_(-1.0, 1.0)
+            lp_old = s.log_prob
+            if self.acceleration.dtype is not None:
+                # a bf16 network pass is not bitwise the same for the sampler's per-step rows and the batched
+                # log-prob's rows; evaluating the old log-prob by the batched pass too keeps ratio == 1 exact
+                lp_old = self.target_actor.log_prob(obs_rep, s.chain, validate=False)
         lp = self.actor.log_prob(obs_rep, chain)
-        ppo, clip_frac = ppo_clip_loss(lp, s.log_prob, adv, c.eps)
+        ppo, clip_frac = ppo_clip_loss(lp, lp_old, adv, c.eps)
         bc = self.actor.bc_loss(bc_batch.obs, bc_batch.actions, bc_batch.valid, generator=self.generator)
         loss = ppo + (c.lambda_bc * bc if c.success_bc else 0.0 * bc)
         self.actor_opt.zero_grad(set_to_none=True)

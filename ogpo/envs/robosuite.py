@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -450,58 +449,3 @@ class RobosuiteEnv:
         env, self._env = getattr(self, "_env", None), None
         if env is not None:
             env.close()
-
-
-class ChunkedEnv:
-    """Executes action chunks open-loop from a queue of H actions (spec 1.1) on a single env.
-
-    A chunk ``[H, d_a]`` is pushed into the queue and consumed one primitive step at a time; the queue is
-    cleared at reset and whenever the episode ends mid-chunk. ``step`` runs the whole chunk (or until the
-    episode ends) and reports per-step rewards so callers can discount with gamma per primitive step.
-    """
-
-    def __init__(self, env: RobosuiteEnv, H: int) -> None:
-        if not isinstance(H, int) or H < 1:
-            raise EnvError(f"chunk length H must be an integer >= 1, got {H!r}")
-        self.env = env
-        self.H = H
-        self.obs_dim = env.obs_dim
-        self.act_dim = env.act_dim
-        self.horizon = env.horizon
-        self._queue: deque[np.ndarray] = deque()
-
-    @property
-    def queue_len(self) -> int:
-        return len(self._queue)
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        self._queue.clear()
-        return self.env.reset(seed)
-
-    def step(self, chunk: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
-        """Run a chunk; returns obs, summed reward, terminated, truncated, info (rewards, steps, success)."""
-        chunk = np.asarray(chunk, dtype=np.float64)
-        if chunk.ndim == 1 and chunk.shape[0] == self.H * self.act_dim:
-            chunk = chunk.reshape(self.H, self.act_dim)
-        if chunk.shape != (self.H, self.act_dim):
-            raise ShapeError(
-                f"chunk must have shape [{self.H}, {self.act_dim}] or [{self.H * self.act_dim}], "
-                f"got {list(chunk.shape)}"
-            )
-        self._queue.extend(chunk)
-        rewards: list[float] = []
-        obs, terminated, truncated, info = None, False, False, {"success": False}
-        while self._queue:
-            obs, r, terminated, truncated, info = self.env.step(self._queue.popleft())
-            rewards.append(r)
-            if terminated or truncated:
-                self._queue.clear()
-                break
-        out = {"success": bool(info["success"]), "rewards": np.asarray(rewards, np.float32), "steps": len(rewards)}
-        return obs, float(sum(rewards)), terminated, truncated, out
-
-    def render(self) -> np.ndarray:
-        return self.env.render()
-
-    def close(self) -> None:
-        self.env.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ogpo.envs.base import ChunkStepResult, StepResult, check_chunk
+from ogpo.envs.base import StepResult
 from ogpo.errors import ShapeError
 
 
@@ -79,22 +79,21 @@ class PointGapEnv:
             in_gap &= ok
         return touches & ~in_gap
 
-    def _move(self, a: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Advance the ``active`` envs by one step (no reset); returns reward, terminated, truncated, success."""
+    def _move(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Advance every env by one step (no reset); returns reward, terminated, truncated, success."""
         a = np.clip(a, -1.0, 1.0)
         new = np.clip(self.pos + self.cfg.step_size * a, -1.0, 1.0)
         blocked = self._blocked(self.pos, new)
         # a blocked move keeps only its motion along the wall (the robot slides; it never sticks)
         slide = np.stack([self.pos[:, 0], new[:, 1]], axis=1)
         slide_ok = ~self._blocked(self.pos, slide)
-        moved = np.where(blocked[:, None], np.where(slide_ok[:, None], slide, self.pos), new)
-        self.pos = np.where(active[:, None], moved, self.pos)
-        self.t += active
+        self.pos = np.where(blocked[:, None], np.where(slide_ok[:, None], slide, self.pos), new)
+        self.t += 1
         dist = np.linalg.norm(self.pos[:, None, :] - np.asarray(self.cfg.goals)[None], axis=2)
-        success = (dist <= self.cfg.goal_radius).any(axis=1) & active
+        success = (dist <= self.cfg.goal_radius).any(axis=1)
         reward = -1.0 + (1.0 + self.cfg.success_bonus) * success  # robomimic r - 1 (+5): 5 on success
         terminated = success.copy()
-        truncated = (self.t >= self.horizon) & ~terminated & active
+        truncated = (self.t >= self.horizon) & ~terminated
         return reward.astype(np.float32), terminated, truncated, success
 
     def _auto_reset(self, ended: np.ndarray) -> None:
@@ -108,7 +107,7 @@ class PointGapEnv:
             raise ShapeError(f"toy env actions: expected shape [{self.num_envs}, 2], got {list(a.shape)}")
         if not np.isfinite(a).all():
             raise ShapeError("toy env actions: contain NaN or inf")
-        reward, terminated, truncated, success = self._move(a, np.ones(self.num_envs, dtype=bool))
+        reward, terminated, truncated, success = self._move(a)
         final_obs = self.pos.astype(np.float32)
         self._auto_reset(terminated | truncated)
         return StepResult(
@@ -122,38 +121,6 @@ class PointGapEnv:
 
     def queue_chunks(self, env_ids: np.ndarray, chunks: np.ndarray) -> None:
         """Nothing to run ahead: all envs step together in numpy, in the caller."""
-
-    def step_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> ChunkStepResult:
-        """Chunks [N, h, 2]: all envs move together, an env drops out at its length or its episode end."""
-        a, lengths = check_chunk(actions, lengths, self.num_envs, self.act_dim, "toy env")
-        N, h = a.shape[:2]
-        next_obs = np.zeros((N, h, self.obs_dim), dtype=np.float32)
-        reward = np.zeros((N, h), dtype=np.float32)
-        steps = np.zeros(N, dtype=np.int64)
-        ended = np.zeros(N, dtype=bool)
-        terminated, truncated, success = ended.copy(), ended.copy(), ended.copy()
-        for j in range(h):
-            active = (j < lengths) & ~ended
-            if not active.any():
-                break
-            r, te, tr, su = self._move(a[:, j].astype(np.float64), active)
-            next_obs[active, j] = self.pos[active]
-            reward[active, j] = r[active]
-            steps += active
-            terminated |= te
-            truncated |= tr
-            success = np.where(active, su, success)
-            ended |= te | tr
-        self._auto_reset(ended)
-        return ChunkStepResult(
-            obs=self.pos.astype(np.float32),
-            next_obs=next_obs,
-            reward=reward,
-            steps=steps,
-            terminated=terminated,
-            truncated=truncated,
-            success=success,
-        )
 
     def close(self) -> None:
         pass

@@ -3,13 +3,11 @@
 Why subprocesses: one robosuite step costs 6-12 ms of Python (the OSC controller), so parallel workers are the
 main lever; the policy stays in the caller and is evaluated once per decision on the whole batch. Each worker
 owns one RobosuiteEnv and auto-resets it when its episode ends, so a step is a single round trip per worker.
-Two ways to avoid paying the caller's policy call, the pipe latency and the wait for the slowest worker on
-every step (benchmarks/envs.py measures all three paths):
-- ``queue_chunks`` + ``step``: the per-step chunk queue of spec 2.9 (ogpo.rollout.ChunkQueue) commits each new
-  chunk; the worker runs through it and streams every step's result, while ``step`` keeps its per-step meaning.
-  Workers only wait at a decision point, so results, their order and the seeded random streams are exactly
-  those of plain per-step stepping. The trainer and evaluation use this path.
-- ``step_chunk``: a whole action chunk per env per round trip, for callers that act in whole chunks.
+``queue_chunks`` avoids paying the caller's policy call, the pipe latency and the wait for the slowest worker on
+every step: the per-step chunk queue of spec 2.9 (ogpo.rollout.ChunkQueue) commits each new chunk, the worker
+runs through it and streams every step's result, while ``step`` keeps its per-step meaning. Workers only wait
+at a decision point, so results, their order and the seeded random streams are exactly those of plain per-step
+stepping. The trainer and evaluation use this path (benchmarks/envs.py measures it against plain ``step``).
 Workers are pinned to CPUs round robin when they fill the machine (``pin_cpus``, default auto), which spares
 them the cache refills of constant migrations.
 
@@ -41,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ogpo.envs.base import ChunkStepResult, StepResult, check_chunk
+from ogpo.envs.base import StepResult, check_chunk
 from ogpo.envs.robosuite import task_spec
 from ogpo.errors import EnvError, ShapeError
 
@@ -59,15 +57,6 @@ class VectorStepResult(StepResult):
     states: np.ndarray | None = None
     final_states: np.ndarray | None = None
     episode_seeds: np.ndarray | None = None
-
-
-@dataclass
-class VectorChunkResult(ChunkStepResult):
-    """ChunkStepResult plus simulator states after the chunk (only with ``record_states=True``): ``states``
-    matches ``obs``, ``final_states`` matches ``final_obs``."""
-
-    states: np.ndarray | None = None
-    final_states: np.ndarray | None = None
 
 
 def _die_with_parent() -> None:
@@ -118,9 +107,6 @@ def _worker_main(fd: int) -> None:
                         conn.send(("ok", reply))
                         if reply[2] or reply[3]:
                             break
-                elif cmd == "chunk":
-                    actions, next_seed = data
-                    conn.send(("ok", _run_chunk(env, actions, next_seed, state)))
                 elif cmd == "reset":
                     obs = env.reset(data)
                     conn.send(("ok", (obs, state())))
@@ -152,27 +138,6 @@ def _step_once(env, action: np.ndarray, next_seed: int, state) -> tuple:
     else:
         st = final_state
     return obs, reward, terminated, truncated, info["success"], final_obs, st, final_state
-
-
-def _run_chunk(env, actions: np.ndarray, next_seed: int, state) -> tuple:
-    """Worker side of ``step_chunk``: run up to len(actions) steps, stopping (and resetting) at episode end."""
-    n = len(actions)
-    next_obs = np.zeros((n, env.obs_dim), dtype=np.float32)
-    rewards = np.zeros(n, dtype=np.float32)
-    terminated = truncated = success = False
-    steps = 0
-    while steps < n and not (terminated or truncated):
-        obs, rewards[steps], terminated, truncated, info = env.step(actions[steps])
-        next_obs[steps] = obs
-        success = info["success"]
-        steps += 1
-    final_state = state()
-    if terminated or truncated:
-        obs, st = env.reset(next_seed), state()
-    else:
-        obs = next_obs[steps - 1] if steps else None  # None: unchanged (the caller keeps the last obs)
-        st = final_state
-    return next_obs[:steps], rewards[:steps], terminated, truncated, success, obs, st, final_state
 
 
 def _shutdown(procs: list[subprocess.Popen], conns: list[Connection]) -> None:
@@ -360,7 +325,7 @@ class RobosuiteVectorEnv:
         self._check_open()
         ids = np.asarray(env_ids, dtype=np.int64).reshape(-1)
         where = f"task {self.task!r} queue_chunks"
-        a, _ = check_chunk(chunks, None, len(ids), self.act_dim, where)
+        a = check_chunk(chunks, len(ids), self.act_dim, where)
         if ((ids < 0) | (ids >= self.num_envs)).any() or len(np.unique(ids)) != len(ids):
             raise ShapeError(f"{where}: env_ids must be distinct integers in [0, {self.num_envs}), got {ids.tolist()}")
         for i in ids:
@@ -446,40 +411,6 @@ class RobosuiteVectorEnv:
             states=states,
             final_states=final_states,
             episode_seeds=seeds,
-        )
-
-    def step_chunk(self, actions: np.ndarray, lengths: np.ndarray | None = None) -> VectorChunkResult:
-        """Execute action chunks [N, h, act_dim], env i its first ``lengths[i]`` actions (default all h), in
-        one round trip per worker; an env whose episode ends inside its chunk stops there and is reset."""
-        self._check_open()
-        self._check_no_plan("step_chunk")
-        actions, lengths = check_chunk(actions, lengths, self.num_envs, self.act_dim, f"task {self.task!r}")
-        N, h = self.num_envs, actions.shape[1]
-        msgs = [("chunk", (actions[i, : lengths[i]], int(self.episode_seeds[i] + N))) for i in range(N)]
-        out = self._roundtrip(msgs, "step_chunk")
-        next_obs = np.zeros((N, h, self.obs_dim), dtype=np.float32)
-        reward = np.zeros((N, h), dtype=np.float32)
-        steps = np.array([len(o[1]) for o in out], dtype=np.int64)
-        for i, o in enumerate(out):
-            next_obs[i, : steps[i]] = o[0]
-            reward[i, : steps[i]] = o[1]
-        terminated = np.array([o[2] for o in out], dtype=bool)
-        truncated = np.array([o[3] for o in out], dtype=bool)
-        seeds = self.episode_seeds.copy()
-        self.episode_seeds = np.where(terminated | truncated, self.episode_seeds + N, self.episode_seeds)
-        obs = np.stack([self._obs[i] if o[5] is None else o[5] for i, o in enumerate(out)]).astype(np.float32)
-        self._obs = obs
-        return VectorChunkResult(
-            obs=obs,
-            next_obs=next_obs,
-            reward=reward,
-            steps=steps,
-            terminated=terminated,
-            truncated=truncated,
-            success=np.array([o[4] for o in out], dtype=bool),
-            episode_seeds=seeds,
-            states=np.stack([o[6] for o in out]) if self.record_states else None,
-            final_states=np.stack([o[7] for o in out]) if self.record_states else None,
         )
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> list:

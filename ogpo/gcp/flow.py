@@ -24,6 +24,7 @@ from ogpo.checks import check_finite, check_positive_int, check_shape
 from ogpo.errors import ConfigError
 from ogpo.gcp.base import GCP, ChainSample, GCPConfig
 from ogpo.nets import MLP, SinusoidalTimeEmbedding
+from ogpo.precision import run_net
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -76,7 +77,7 @@ class GaussianChainGCP(GCP):
     # ----------------------------------------------------------------------------------------- network
     def forward(self, obs: torch.Tensor, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """Network output (velocity or epsilon) for obs [N, obs_dim], x [N, H*d_a], tau [N] -> [N, H*d_a]."""
-        return self.net(torch.cat([obs, x, self.time_emb(tau)], dim=-1))
+        return run_net(self, self.net, torch.cat([obs, x, self.time_emb(tau)], dim=-1))
 
     def _mean(self, out: torch.Tensor, x: torch.Tensor, sel: int | slice) -> torch.Tensor:
         """Kernel mean mu_i from the network output; ``sel`` (int i or slice(None)) picks schedule rows."""
@@ -132,7 +133,7 @@ class GaussianChainGCP(GCP):
             emb = self.time_emb(self.tau_grid)  # [K, time_dim], once per call
             lp = None if deterministic else self._initial_log_prob(x)
             for i in range(K):
-                out = self.net(torch.cat([obs, x, emb[i].expand(B, -1)], dim=-1))
+                out = run_net(self, self.net, torch.cat([obs, x, emb[i].expand(B, -1)], dim=-1))
                 if deterministic:
                     x = self._deterministic_step(out, x, i)
                 else:
@@ -158,7 +159,7 @@ class GaussianChainGCP(GCP):
         x = chain[:, :K]  # [B, K, D]: the states each kernel conditions on
         emb = self.time_emb(self.tau_grid)  # [K, time_dim]
         inp = torch.cat([obs.unsqueeze(1).expand(B, K, -1), x, emb.unsqueeze(0).expand(B, K, -1)], dim=-1)
-        out = self.net(inp)  # nn.Linear flattens [B, K, in] -> one [B*K, in] matmul per layer
+        out = run_net(self, self.net, inp)  # nn.Linear flattens [B, K, in] -> one [B*K, in] matmul per layer
         mu = self._mean(out, x, slice(None))
         z = (chain[:, 1:] - mu) / self.std
         lp_steps = -0.5 * z.square().sum(-1) - D * (self.log_std.squeeze(-1) + LOG_SQRT_2PI)  # [B, K]

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from ogpo.envs.base import check_chunk
 from ogpo.envs.vector import _should_pin, make_vector_env
 from ogpo.errors import EnvError, ShapeError
 from ogpo.rollout import ChunkQueue
@@ -52,6 +53,16 @@ def test_queued_chunks_give_exactly_the_per_step_results():
         queued.close()
 
 
+def test_check_chunk_rejects_bad_shapes_and_non_finite_actions():
+    a = check_chunk(np.zeros((2, 3, 7)), 2, 7, "here")
+    assert a.dtype == np.float32 and a.shape == (2, 3, 7)
+    for bad in (np.zeros((2, 7)), np.zeros((3, 3, 7)), np.zeros((2, 3, 6)), np.zeros((2, 0, 7))):
+        with pytest.raises(ShapeError, match=r"here: action chunks must have shape \[2, h >= 1, 7\]"):
+            check_chunk(bad, 2, 7, "here")
+    with pytest.raises(ShapeError, match="here: action chunks contain NaN or inf"):
+        check_chunk(np.full((2, 1, 7), np.nan), 2, 7, "here")
+
+
 @pytest.mark.slow
 def test_queue_chunks_rejects_misuse_and_stays_usable():
     env = make_vector_env("lift", N, SEED, horizon=HORIZON)
@@ -69,8 +80,6 @@ def test_queue_chunks_rejects_misuse_and_stays_usable():
             env.queue_chunks([1], chunks)
         with pytest.raises(EnvError, match="env 1 .*call get_state while actions queued"):
             env.call("get_state")
-        with pytest.raises(EnvError, match="env 1 .*step_chunk while actions queued"):
-            env.step_chunk(np.zeros((N, 1, 7), np.float32))
         with pytest.raises(EnvError, match="env 1 .*differs from the next action queued"):
             env.step(np.zeros((N, 7), np.float32))
         a = np.full((N, 7), 0.5, np.float32)

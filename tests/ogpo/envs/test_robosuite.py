@@ -1,4 +1,4 @@
-"""The robosuite tasks: registry, observation layout (spec 5), reward convention, seeding, chunks, rendering."""
+"""The robosuite tasks: registry, observation layout (spec 5), reward convention, seeding, rendering."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ogpo.envs.experts import make_expert
-from ogpo.envs.robosuite import TASKS, ChunkedEnv, RobosuiteEnv, ogpo_reward, task_spec
+from ogpo.envs.robosuite import TASKS, RobosuiteEnv, ogpo_reward, task_spec
 from ogpo.errors import EnvError, ShapeError
 
 # spec section 5 (and the issue): low-dim obs sizes and action dims
@@ -93,21 +93,6 @@ def test_bad_actions_are_rejected():
         env.step(np.full(7, np.nan))
     with pytest.raises(EnvError, match="reward_mode"):
         RobosuiteEnv("lift", reward_mode="dense")
-    env.close()
-
-
-def test_chunked_env_runs_queue_and_stops_at_episode_end():
-    env = ChunkedEnv(RobosuiteEnv("lift", horizon=6), H=4)
-    env.reset(0)
-    obs, r, term, trunc, info = env.step(np.zeros((4, 7)))
-    assert info["steps"] == 4 and r == -4.0 and not (term or trunc) and env.queue_len == 0
-    obs, r, term, trunc, info = env.step(np.zeros(28))  # flat chunk; horizon hits after 2 steps
-    assert info["steps"] == 2 and trunc and env.queue_len == 0
-    np.testing.assert_array_equal(info["rewards"], [-1.0, -1.0])
-    with pytest.raises(ShapeError, match=r"\[4, 7\]"):
-        env.step(np.zeros((3, 7)))
-    with pytest.raises(EnvError, match="H must be"):
-        ChunkedEnv(env.env, H=0)
     env.close()
 
 

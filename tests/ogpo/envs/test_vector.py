@@ -72,50 +72,6 @@ def test_vector_env_matches_single_envs_and_auto_resets():
 
 
 @pytest.mark.slow
-def test_step_chunk_matches_single_envs_stops_at_episode_end_and_resets():
-    N, seed, horizon, h = 2, 20, 5, 4
-    env = make_vector_env("lift", N, seed, horizon=horizon, record_states=True)
-    singles = [RobosuiteEnv("lift", horizon=horizon) for _ in range(N)]
-    try:
-        obs = env.reset(seed)
-        np.testing.assert_array_equal(obs, np.stack([s.reset(seed + i) for i, s in enumerate(singles)]))
-        rng = np.random.default_rng(1)
-        chunks = rng.uniform(-1, 1, size=(N, h, 7)).astype(np.float32)
-        # chunk 1: env 0 runs its whole chunk, env 1 only 1 action
-        res = env.step_chunk(chunks, np.array([4, 1]))
-        assert res.steps.tolist() == [4, 1] and not (res.terminated | res.truncated).any()
-        for i, s in enumerate(singles):
-            for j in range(res.steps[i]):
-                o, r, *_ = s.step(chunks[i, j])
-                np.testing.assert_array_equal(res.next_obs[i, j], o)
-                assert res.reward[i, j] == r
-        np.testing.assert_array_equal(res.obs, np.stack([res.next_obs[0, 3], res.next_obs[1, 0]]))
-        np.testing.assert_array_equal(res.states, np.stack([s.get_state() for s in singles]))
-        first = res
-        # chunk 2: env 0 reaches its horizon after 1 of 4 actions and drops the rest; env 1 idles (length 0)
-        res = env.step_chunk(chunks, np.array([4, 0]))
-        o, r, terminated, truncated, _ = singles[0].step(chunks[0, 0])
-        assert res.steps.tolist() == [1, 0] and res.truncated.tolist() == [True, False] and truncated
-        np.testing.assert_array_equal(res.final_obs[0], o)
-        np.testing.assert_array_equal(res.final_states[0], singles[0].get_state())
-        np.testing.assert_array_equal(res.episode_seeds, [seed, seed + 1])
-        np.testing.assert_array_equal(res.obs[0], singles[0].reset(seed + N))  # auto-reset with the next seed
-        np.testing.assert_array_equal(res.obs[1], first.obs[1])  # an idle env keeps its observation
-        np.testing.assert_array_equal(env.episode_seeds, [seed + N, seed + 1])
-        with pytest.raises(ShapeError, match=r"lengths must be 2 integers in \[0, 4\]"):
-            env.step_chunk(chunks, np.array([5, 0]))
-        with pytest.raises(ShapeError, match=r"\[2, h >= 1, 7\]"):
-            env.step_chunk(chunks[:, :, :6])
-        with pytest.raises(ShapeError, match="NaN"):  # caught before any worker sees it
-            env.step_chunk(np.full((N, 1, 7), np.nan, np.float32))
-        assert env.step_chunk(chunks[:, :1]).steps.tolist() == [1, 1]  # still usable
-    finally:
-        env.close()
-        for s in singles:
-            s.close()
-
-
-@pytest.mark.slow
 def test_worker_exception_and_worker_crash_give_clear_errors_and_no_orphans():
     env = make_vector_env("lift", 2, seed=7)
     pids = env.pids
