@@ -10,41 +10,12 @@ import torch
 
 import ogpo.algos.ogpo as ogpo_mod
 from ogpo import precision
-from ogpo.algos import get_algo
-from ogpo.algos.ogpo import OGPOAgent
-from ogpo.critic import CriticConfig
-from ogpo.data.replay import SequenceBatch
 from ogpo.errors import ConfigError
-from ogpo.gcp import make_gcp
-from ogpo.gcp.base import GCPConfig
 from ogpo.precision import Acceleration, accelerate_, acceleration_of, resolve, run_net
+from tests.ogpo.algos.test_ogpo import DA, H, _agent, _batch
 
-H, DA = 4, 2
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not precision.bf16_supported(CPU)[0], reason="no CPU bfloat16 support here")
-
-
-def _batch(B: int = 32, seed: int = 0) -> SequenceBatch:
-    g = torch.Generator().manual_seed(seed)
-    obs = torch.randn(B, 2, generator=g)
-    return SequenceBatch(
-        obs=obs,
-        actions=torch.rand(B, H, DA, generator=g) * 2 - 1,
-        R=-torch.rand(B, generator=g),
-        mask=torch.ones(B),
-        next_obs=obs + 0.1,
-        valid=torch.ones(B, H),
-        start=torch.zeros(B, dtype=torch.long),
-    )
-
-
-def _agent(**kw) -> OGPOAgent:
-    torch.manual_seed(0)
-    actor = make_gcp(GCPConfig(kind="flow", obs_dim=2, act_dim=DA, H=H, K=4, hidden=[64, 64], sigma0=0.2, min_std=0.05))
-    cfg = get_algo("ogpo+ca").make_config(
-        **(dict(G=8, ppo_batch_size=32, batch_size=32, actor_lr_schedule="constant", lr_warmup=0) | kw)
-    )
-    return OGPOAgent(actor, CriticConfig(obs_dim=2, chunk_dim=H * DA, M=3, hidden=[32]), cfg, name="ogpo+ca")
 
 
 @needs_bf16
