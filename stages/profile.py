@@ -1,7 +1,7 @@
 """Select a params profile: ``python -m stages.profile <name>`` validates profiles/<name>.yaml against every
 stage's schema and only then writes it to params.yaml (so a broken profile never replaces a working file).
 
-Profiles: tiny (tests, about a minute), cpu (the default), can (Can on CPU, about an hour), square / transport /
+Profiles: tiny (tests, about a minute), cpu (the default), can (Can on CPU, about 70 min), square / transport /
 tool_hang (paper scale, GPU).
 """
 
