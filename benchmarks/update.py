@@ -66,6 +66,9 @@ class Setting:
 SETTINGS = {
     "square": Setting("Square paper", 23, 7, 4, 10, 32, 256, 10, [512] * 4, [512] * 4),
     "cpu": Setting("CPU profile (Lift)", 19, 7, 4, 5, 8, 128, 10, [256] * 2, [128] * 2, num_envs=2, ppo_batch=64),
+    "square_cpu": Setting(
+        "Square CPU profile", 23, 7, 4, 5, 8, 128, 10, [512] * 3, [128] * 2, num_envs=2, ppo_batch=64
+    ),
 }
 
 
