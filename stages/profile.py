@@ -2,7 +2,7 @@
 stage's schema and only then writes it to params.yaml (so a broken profile never replaces a working file).
 
 Profiles: tiny (tests, about a minute), cpu (the default), can (Can on CPU, about 70 min), square_cpu (Square on
-CPU, about 2 h), square / transport / tool_hang (paper scale, GPU).
+CPU, about 85 min), square / transport / tool_hang (paper scale, GPU).
 """
 
 from __future__ import annotations
