@@ -61,6 +61,27 @@ class BCResult:
     curve: list[dict]  # rows: step, success, loss
 
 
+def evals_left(step: int, max_steps: int, every: int) -> int:
+    """Gate evaluations still to run at steps >= ``step``: one at each multiple of ``every`` and one at
+    ``max_steps`` (the progress line is logged before the evaluation of its own step)."""
+    return max_steps // every - (step - 1) // every + (1 if max_steps % every else 0)
+
+
+def eta_text(train_s: float, n_evals: int, eval_s: list[float], gate: float | None) -> str:
+    """The time left to ``max_steps``: training at the measured rate plus the evaluations still due, each at the
+    mean time of those already run (the gate evaluations can cost more than the training between them, so a
+    rate that leaves them out, or averages them in before the first one ran, promises an ETA BC cannot keep).
+    An upper bound when a gate can stop BC early, and said to be one."""
+    if n_evals and eval_s:
+        mean = sum(eval_s) / len(eval_s)
+        text = f"{train_s + n_evals * mean:.0f}s left ({n_evals} evaluations of ~{mean:.0f}s included)"
+    elif n_evals:
+        text = f"{train_s:.0f}s of training left plus {n_evals} evaluations (not yet timed)"
+    else:
+        text = f"{train_s:.0f}s left"
+    return f"at most {text}, less if an evaluation reaches the gate {gate:g}" if gate else text
+
+
 def train_bc(
     actor: GCP,
     target_actor: GCP,
@@ -82,6 +103,7 @@ def train_bc(
     loss_sum = torch.zeros(())
     n_sum = 0
     t0 = time.perf_counter()
+    eval_s: list[float] = []  # wall time of each gate evaluation, for the ETA
     last_success = None
     step = 0
     for step in range(1, cfg.max_steps + 1):
@@ -98,16 +120,17 @@ def train_bc(
         loss_sum = loss_sum + loss.detach()
         n_sum += 1
         if step % cfg.log_every == 0:
-            rate = step / (time.perf_counter() - t0)  # evaluations included: wall-clock honest
-            eta = (cfg.max_steps - step) / max(rate, 1e-9)
-            # the gate can stop BC at any evaluation, so the time to max_steps is an upper bound, said as one
-            gate = f" (less if an evaluation reaches the gate {cfg.target_success:g})" if cfg.target_success else ""
+            rate = step / max(time.perf_counter() - t0 - sum(eval_s), 1e-9)
+            n_evals = evals_left(step, cfg.max_steps, cfg.eval_every) if evaluate is not None else 0
             log.info(
-                "BC step %d/%d  loss %.4f  %.0f steps/s  at most %.0fs left%s",
-                step, cfg.max_steps, float(loss.detach()), rate, eta, gate,
+                "BC step %d/%d  loss %.4f  %.0f steps/s  %s",
+                step, cfg.max_steps, float(loss.detach()), rate,
+                eta_text((cfg.max_steps - step) / rate, n_evals, eval_s, cfg.target_success),
             )  # fmt: skip
         if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            t_eval = time.perf_counter()
             last_success = float(evaluate(step))
+            eval_s.append(time.perf_counter() - t_eval)
             row = {"step": step, "success": last_success, "loss": float(loss_sum / max(n_sum, 1))}
             loss_sum, n_sum = torch.zeros(()), 0
             curve.append(row)

@@ -1,0 +1,63 @@
+"""BC's progress line: its ETA counts the gate evaluations still due, at the time the ones already run took."""
+
+import copy
+import logging
+import re
+import time
+
+import pytest
+import torch
+
+from ogpo.agents.bc import BCConfig, eta_text, evals_left, train_bc
+from ogpo.gcp import make_gcp
+from ogpo.gcp.base import GCPConfig
+from tests.ogpo.algos.test_ogpo import DA, H, _replay
+
+
+@pytest.mark.parametrize(
+    ("step", "max_steps", "every", "expected"),
+    [
+        (1000, 20000, 1000, 20),  # logged before the evaluation at 1000: 1000, 2000, ..., 20000
+        (1500, 20000, 1000, 19),
+        (20000, 20000, 1000, 1),
+        (5, 25, 10, 3),  # 10, 20 and the last step 25
+        (21, 25, 10, 1),
+        (3, 5, 10, 1),  # eval_every past max_steps: only the last step
+    ],
+)
+def test_evals_left_counts_the_evaluations_at_or_after_a_step(step, max_steps, every, expected):
+    assert evals_left(step, max_steps, every) == expected
+
+
+def test_eta_text_adds_the_evaluations_and_says_when_they_are_not_timed():
+    assert eta_text(100.0, 4, [30.0, 50.0], 0.35) == (
+        "at most 260s left (4 evaluations of ~40s included), less if an evaluation reaches the gate 0.35"
+    )
+    assert eta_text(100.0, 4, [], None) == "100s of training left plus 4 evaluations (not yet timed)"
+    assert eta_text(7.0, 0, [], None) == "7s left"
+
+
+def test_bc_progress_eta_includes_the_timed_evaluations(caplog):
+    """Evaluations that take 1.2 s each, against a training rate of hundreds of steps/s: once one has run, the
+    line's seconds left must cover the evaluations still due; before, it must say they are not timed."""
+    torch.manual_seed(0)
+    actor = make_gcp(GCPConfig(kind="flow", obs_dim=2, act_dim=DA, H=H, K=2, hidden=[16]))
+    target = copy.deepcopy(actor).requires_grad_(False)
+
+    def slow_eval(step: int) -> float:
+        time.sleep(1.2)
+        return 0.0
+
+    cfg = BCConfig(max_steps=20, batch_size=8, eval_every=10, log_every=5, target_success=0.5, lr_warmup=0)
+    with caplog.at_level(logging.INFO, logger="ogpo.agents.bc"):
+        res = train_bc(actor, target, _replay(), cfg, evaluate=slow_eval)
+    assert res.steps == 20 and not res.stopped_early
+    messages = [r.getMessage() for r in caplog.records]
+    lines = {int(m.group(1)): msg for msg in messages if (m := re.match(r"BC step (\d+)/", msg))}
+    assert sorted(lines) == [5, 10, 15, 20]
+    assert "2 evaluations (not yet timed)" in lines[5] and "2 evaluations (not yet timed)" in lines[10]
+    for step, due in ((15, 1), (20, 1)):
+        m = re.search(r"at most (\d+)s left \((\d+) evaluations of ~\d+s included\), less if .* gate 0.5", lines[step])
+        assert m, lines[step]
+        assert int(m.group(2)) == due
+        assert int(m.group(1)) >= due  # the evaluations' 1.2 s each, not the training's milliseconds
