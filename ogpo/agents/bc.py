@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ogpo.agents.progress import eta_text, evals_left
 from ogpo.agents.schedules import SCHEDULES
 from ogpo.checks import check_number, check_positive_int
 from ogpo.data.replay import ReplayBuffer
@@ -59,27 +60,6 @@ class BCResult:
     stopped_early: bool
     last_success: float | None
     curve: list[dict]  # rows: step, success, loss
-
-
-def evals_left(step: int, max_steps: int, every: int) -> int:
-    """Gate evaluations still to run at steps >= ``step``: one at each multiple of ``every`` and one at
-    ``max_steps`` (the progress line is logged before the evaluation of its own step)."""
-    return max_steps // every - (step - 1) // every + (1 if max_steps % every else 0)
-
-
-def eta_text(train_s: float, n_evals: int, eval_s: list[float], gate: float | None) -> str:
-    """The time left to ``max_steps``: training at the measured rate plus the evaluations still due, each at the
-    mean time of those already run (the gate evaluations can cost more than the training between them, so a
-    rate that leaves them out, or averages them in before the first one ran, promises an ETA BC cannot keep).
-    An upper bound when a gate can stop BC early, and said to be one."""
-    if n_evals and eval_s:
-        mean = sum(eval_s) / len(eval_s)
-        text = f"{train_s + n_evals * mean:.0f}s left ({n_evals} evaluations of ~{mean:.0f}s included)"
-    elif n_evals:
-        text = f"{train_s:.0f}s of training left plus {n_evals} evaluations (not yet timed)"
-    else:
-        text = f"{train_s:.0f}s left"
-    return f"at most {text}, less if an evaluation reaches the gate {gate:g}" if gate else text
 
 
 def train_bc(

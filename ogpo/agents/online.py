@@ -148,7 +148,7 @@ class OnlineTrainer:
             self._queue.clear(np.ones(N, dtype=bool))  # a chunk never carries over into a fresh episode
         policy = self._rollout_policy(cfg.rollout_mode)
         t_start = time.perf_counter() - self.wall_time
-        progress = ProgressLog(log, cfg.total_env_steps, cfg.log_every, self.env_steps)
+        progress = ProgressLog(log, cfg.total_env_steps, cfg.log_every, self.env_steps, cfg.eval_every)
         last_ckpt = self.env_steps
         ep_ret = np.zeros(N)
         ep_len = np.zeros(N, dtype=np.int64)
@@ -184,9 +184,11 @@ class OnlineTrainer:
             self.wall_time = time.perf_counter() - t_start
             progress.tick(self.env_steps, self.updates)
             if self.env_steps >= self.next_eval or self.env_steps >= cfg.total_env_steps:
+                t_eval = time.perf_counter()
                 row = self._eval_row()
                 if on_eval is not None:
                     on_eval(row)
+                progress.evaluated(time.perf_counter() - t_eval)
                 while self.next_eval <= self.env_steps:
                     self.next_eval += cfg.eval_every
             if on_checkpoint is not None and self.env_steps - last_ckpt >= cfg.checkpoint_every:

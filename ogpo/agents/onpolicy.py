@@ -213,15 +213,17 @@ class OnPolicyTrainer:
         honour ``stop_requested``) between iterations."""
         cfg = self.cfg
         t_start = time.perf_counter() - self.wall_time
-        progress = ProgressLog(log, cfg.total_env_steps, cfg.log_every, self.env_steps)
+        progress = ProgressLog(log, cfg.total_env_steps, cfg.log_every, self.env_steps, cfg.eval_every)
         last_ckpt = self.env_steps
 
         def maybe_eval() -> None:
             if self.env_steps >= self.next_eval or self.env_steps >= cfg.total_env_steps:
                 self.wall_time = time.perf_counter() - t_start
+                t_eval = time.perf_counter()
                 row = self._eval_row()
                 if on_eval is not None:
                     on_eval(row)
+                progress.evaluated(time.perf_counter() - t_eval)
                 while self.next_eval <= self.env_steps:
                     self.next_eval += cfg.eval_every
 

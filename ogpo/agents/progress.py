@@ -3,7 +3,9 @@ learning-curve row of an evaluation, and progress lines with an honest rate and 
 
 The rate in a progress line is measured over the window since the previous line, not since the start: the
 first env steps of a run are update-free (before ``start_training``) and several times faster than the rest, so
-an average from the start would promise an ETA the run cannot keep.
+an average from the start would promise an ETA the run cannot keep. Evaluations are timed apart from the
+steps: the rate leaves them out and the ETA adds the ones still due at the mean time of those already run (on
+Square one 32-episode evaluation takes over a minute, a window's worth of steps).
 """
 
 from __future__ import annotations
@@ -73,21 +75,52 @@ def eval_row(
     return row
 
 
-class ProgressLog:
-    """``tick`` logs a progress line every ``every`` env steps with the recent rate and the ETA from it."""
+def evals_left(step: int, max_steps: int, every: int) -> int:
+    """Evaluations still to run at steps >= ``step``: one at each multiple of ``every`` and one at ``max_steps``
+    (a progress line is logged before the evaluation of its own step)."""
+    return max_steps // every - (step - 1) // every + (1 if max_steps % every else 0)
 
-    def __init__(self, log: logging.Logger, total: int, every: int, env_steps: int) -> None:
-        self.log, self.total, self.every = log, total, every
+
+def eta_text(train_s: float, n_evals: int, eval_s: list[float], gate: float | None) -> str:
+    """The time left: ``train_s`` of training at the measured rate plus the ``n_evals`` evaluations still due,
+    each at the mean of the times ``eval_s`` those already run took (an evaluation can cost more than the
+    training between two of them, so a rate that leaves them out, or averages them in before the first one
+    ran, promises an ETA the run cannot keep). With a success ``gate`` (BC) it is an upper bound, said as one."""
+    if n_evals and eval_s:
+        mean = sum(eval_s) / len(eval_s)
+        text = f"{train_s + n_evals * mean:.0f}s left ({n_evals} evaluations of ~{mean:.0f}s included)"
+    elif n_evals:
+        text = f"{train_s:.0f}s of training left plus {n_evals} evaluations (not yet timed)"
+    else:
+        text = f"{train_s:.0f}s left"
+    return f"at most {text}, less if an evaluation reaches the gate {gate:g}" if gate else text
+
+
+class ProgressLog:
+    """``tick`` logs a progress line every ``every`` env steps with the recent rate and the ETA from it;
+    ``evaluated`` records the time of each evaluation (with ``eval_every`` the ETA counts the ones still due)."""
+
+    def __init__(
+        self, log: logging.Logger, total: int, every: int, env_steps: int, eval_every: int | None = None
+    ) -> None:
+        self.log, self.total, self.every, self.eval_every = log, total, every, eval_every
         self.last_steps, self.last_time = env_steps, time.perf_counter()
+        self.eval_s: list[float] = []
+        self._eval_in_window = 0.0
+
+    def evaluated(self, seconds: float) -> None:
+        self.eval_s.append(seconds)
+        self._eval_in_window += seconds
 
     def tick(self, env_steps: int, updates: int, prefix: str = "") -> None:
         if env_steps - self.last_steps < self.every:
             return
         now = time.perf_counter()
-        rate = (env_steps - self.last_steps) / max(now - self.last_time, 1e-9)
-        eta = (self.total - env_steps) / max(rate, 1e-9)
-        self.last_steps, self.last_time = env_steps, now
+        rate = (env_steps - self.last_steps) / max(now - self.last_time - self._eval_in_window, 1e-9)
+        n_evals = evals_left(env_steps, self.total, self.eval_every) if self.eval_every else 0
+        eta = eta_text((self.total - env_steps) / max(rate, 1e-9), n_evals, self.eval_s, None)
+        self.last_steps, self.last_time, self._eval_in_window = env_steps, now, 0.0
         self.log.info(
-            "%senv steps %d/%d  updates %d  %.0f steps/s  ETA %.0fs",
+            "%senv steps %d/%d  updates %d  %.0f steps/s  ETA %s",
             prefix, env_steps, self.total, updates, rate, eta,
         )  # fmt: skip

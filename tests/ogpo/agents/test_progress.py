@@ -1,14 +1,18 @@
-"""BC's progress line: its ETA counts the gate evaluations still due, at the time the ones already run took."""
+"""Progress lines (BC and fine-tuning): the ETA counts the evaluations still due, at the time the ones already run
+took, and the rate leaves them out."""
 
 import copy
 import logging
 import re
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from ogpo.agents.bc import BCConfig, eta_text, evals_left, train_bc
+from ogpo.agents import progress
+from ogpo.agents.bc import BCConfig, train_bc
+from ogpo.agents.progress import ProgressLog, eta_text, evals_left
 from ogpo.gcp import make_gcp
 from ogpo.gcp.base import GCPConfig
 from tests.ogpo.algos.test_ogpo import DA, H, _replay
@@ -61,3 +65,26 @@ def test_bc_progress_eta_includes_the_timed_evaluations(caplog):
         assert m, lines[step]
         assert int(m.group(2)) == due
         assert int(m.group(1)) >= due  # the evaluations' 1.2 s each, not the training's milliseconds
+
+
+def test_finetune_progress_rate_leaves_out_evaluations_and_eta_adds_them(monkeypatch, caplog):
+    """10 env steps/s of training and one 30 s evaluation: the window with the evaluation still reads 10
+    steps/s, and the ETA is the 7 s of steps left plus the 2 evaluations still due at 30 s each."""
+    clock = SimpleNamespace(t=0.0)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: clock.t))
+    log = logging.getLogger("test.progress")
+    p = ProgressLog(log, total=100, every=10, env_steps=0, eval_every=50)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        clock.t = 1.0
+        p.tick(10, 0)
+        clock.t = 2.0
+        p.tick(20, 5)
+        clock.t = 32.0
+        p.evaluated(30.0)
+        clock.t = 33.0
+        p.tick(30, 10)
+    first, _, third = (r.getMessage() for r in caplog.records)
+    assert first == (
+        "env steps 10/100  updates 0  10 steps/s  ETA 9s of training left plus 2 evaluations (not yet timed)"
+    )
+    assert third == "env steps 30/100  updates 10  10 steps/s  ETA 67s left (2 evaluations of ~30s included)"
