@@ -122,9 +122,11 @@ def _check_agent_keys(spec: AlgoSpec, agent: dict[str, Any]) -> None:
 
 
 def _fingerprint(p: FinetuneParams, cfg: Any) -> str:
-    """Identifies the run a saved state belongs to: params (minus where it runs) and the input checkpoints."""
+    """Identifies the run a saved state belongs to: params (minus where and how wide it runs: the device, the
+    torch thread count, the state folder) and the input checkpoints. A run stopped on one thread count resumes
+    on another, as it does on another device."""
     d = asdict(p)
-    for k in ("device", "state_dir"):
+    for k in ("device", "threads", "state_dir"):
         d.pop(k)
     d["agent"] = asdict(cfg)
     d["inputs"] = [file_sha256(BC / "weights.safetensors"), file_sha256(CRITIC / "weights.safetensors")]

@@ -94,3 +94,16 @@ def test_algorithm_that_cannot_use_the_gcp_kind_fails_before_any_env_starts(tmp_
     assert f"algorithm {name!r} cannot fine-tune a {other!r} GCP" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "models/finetuned").exists() and not (tmp_path / "plots").exists()
+
+
+def test_resume_fingerprint_ignores_where_and_how_wide_it_runs(monkeypatch):
+    """A saved state resumes on another device or thread count (changing threads to speed up a stopped run must
+    not throw its progress away), but not with other training params."""
+    import stages.finetune as ft
+    from ogpo.algos.ogpo import OGPOConfig
+
+    monkeypatch.setattr(ft, "file_sha256", lambda path: "same-input")
+    base = ft._fingerprint(ft.FinetuneParams(), OGPOConfig())
+    assert ft._fingerprint(ft.FinetuneParams(threads=2, device="cpu", state_dir="elsewhere"), OGPOConfig()) == base
+    assert ft._fingerprint(ft.FinetuneParams(seed=1), OGPOConfig()) != base
+    assert ft._fingerprint(ft.FinetuneParams(), OGPOConfig(actor_lr=1e-4)) != base
