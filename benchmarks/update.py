@@ -1,6 +1,6 @@
 """Seconds per OGPO update (actor + critic) and per rollout decision with Best-of-N, printed as a table.
 
-    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu] [--threads N] [--ours fp32,bf16]
+    python benchmarks/update.py [--device cuda] [--repeats 5] [--only square|cpu] [--threads 1,2] [--ours fp32,bf16]
     python benchmarks/update.py --reference DIR [--ref-python PATH] [--only square|cpu] [--threads 1,2]
                                 [--ours fp32,bf16] [--rounds 3] [--block-seconds 2]
 
@@ -420,7 +420,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", choices=sorted(SETTINGS), default=None)
-    ap.add_argument("--threads", default=None, help="torch threads; with --reference a list, default 1,2")
+    ap.add_argument("--threads", default=None, help="torch threads, a list like 1,2 (with --reference default 1,2)")
     ap.add_argument("--reference", metavar="DIR", default=None, help="local copy of the official JAX source")
     ap.add_argument(
         "--ref-python", metavar="PATH", default=None, help=f"the reference venv's python (default {DEFAULT_REF_PYTHON})"
@@ -441,30 +441,31 @@ def main() -> None:
                 raise RefSetupError("--rounds must be >= 1 and --block-seconds > 0")
             run_reference(args, threads or [1, 2], variants)
             return
-        if len(threads) > 1:
-            raise RefSetupError("--threads takes one number without --reference")
     except RefSetupError as e:
         print(f"update.py: {e}", file=sys.stderr)
         sys.exit(2)
-    if threads:
-        torch.set_num_threads(threads[0])
     device = torch.device(args.device)
+    thread_counts = threads or [torch.get_num_threads()]
     rows = []
     for key, s in SETTINGS.items():
         if args.only and key != args.only:
             continue
         for kind in ("flow", "diffusion"):
             for v in variants:
-                rows.append(bench(s, kind, device, args.repeats, v))
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}")
+                for n in thread_counts:  # a stage's `threads` param: how much a second core buys this setting
+                    torch.set_num_threads(n)
+                    rows.append(bench(s, kind, device, args.repeats, v) | {"threads": n})
+    print(f"device: {device} (threads {','.join(map(str, thread_counts))}), torch {torch.__version__}")
     print(
-        f"{'setting':<20} {'GCP':<10} {'ours':<12} {'s / update (actor+critic)':>26} "
-        f"{'s / BoN-8 decision':>20} {'envs':>5}"
+        f"{'setting':<20} {'GCP':<10} {'ours':<12} {'thr':>3} {'s / update (actor+critic)':>26} "
+        f"{'vs first thr':>12} {'s / BoN-8 decision':>20} {'envs':>5}"
     )
+    first: dict[tuple, float] = {}
     for r in rows:
+        base = first.setdefault((r["setting"], r["kind"], r["variant"]), r["update_s"])
         print(
-            f"{r['setting']:<20} {r['kind']:<10} {r['variant']:<12} {r['update_s']:>26.4f} "
-            f"{r['bon_decision_s']:>20.5f} {r['num_envs']:>5}"
+            f"{r['setting']:<20} {r['kind']:<10} {r['variant']:<12} {r['threads']:>3} {r['update_s']:>26.4f} "
+            f"{base / r['update_s']:>11.2f}x {r['bon_decision_s']:>20.5f} {r['num_envs']:>5}"
         )
 
 
