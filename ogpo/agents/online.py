@@ -148,7 +148,9 @@ class OnlineTrainer:
             self._queue.clear(np.ones(N, dtype=bool))  # a chunk never carries over into a fresh episode
         policy = self._rollout_policy(cfg.rollout_mode)
         t_start = time.perf_counter() - self.wall_time
-        progress = ProgressLog(log, cfg.total_env_steps, cfg.log_every, self.env_steps, cfg.eval_every)
+        progress = ProgressLog(
+            log, cfg.total_env_steps, cfg.log_every, self.env_steps, cfg.eval_every, cfg.start_training
+        )
         last_ckpt = self.env_steps
         ep_ret = np.zeros(N)
         ep_len = np.zeros(N, dtype=np.int64)

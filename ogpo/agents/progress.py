@@ -98,12 +98,21 @@ def eta_text(train_s: float, n_evals: int, eval_s: list[float], gate: float | No
 
 class ProgressLog:
     """``tick`` logs a progress line every ``every`` env steps with the recent rate and the ETA from it;
-    ``evaluated`` records the time of each evaluation (with ``eval_every`` the ETA counts the ones still due)."""
+    ``evaluated`` records the time of each evaluation (with ``eval_every`` the ETA counts the ones still due).
+    A window that began before ``start_training`` ran (almost) no updates, so its rate says nothing about the
+    rest of the run: its line gives the rate and says the ETA is not yet measured."""
 
     def __init__(
-        self, log: logging.Logger, total: int, every: int, env_steps: int, eval_every: int | None = None
+        self,
+        log: logging.Logger,
+        total: int,
+        every: int,
+        env_steps: int,
+        eval_every: int | None = None,
+        start_training: int = 0,
     ) -> None:
         self.log, self.total, self.every, self.eval_every = log, total, every, eval_every
+        self.start_training = start_training
         self.last_steps, self.last_time = env_steps, time.perf_counter()
         self.eval_s: list[float] = []
         self._eval_in_window = 0.0
@@ -118,7 +127,10 @@ class ProgressLog:
         now = time.perf_counter()
         rate = (env_steps - self.last_steps) / max(now - self.last_time - self._eval_in_window, 1e-9)
         n_evals = evals_left(env_steps, self.total, self.eval_every) if self.eval_every else 0
-        eta = eta_text((self.total - env_steps) / max(rate, 1e-9), n_evals, self.eval_s, None)
+        if self.last_steps < self.start_training:
+            eta = f"not yet measured (collecting without updates until {self.start_training} env steps)"
+        else:
+            eta = eta_text((self.total - env_steps) / max(rate, 1e-9), n_evals, self.eval_s, None)
         self.last_steps, self.last_time, self._eval_in_window = env_steps, now, 0.0
         self.log.info(
             "%senv steps %d/%d  updates %d  %.0f steps/s  ETA %s",

@@ -88,3 +88,20 @@ def test_finetune_progress_rate_leaves_out_evaluations_and_eta_adds_them(monkeyp
         "env steps 10/100  updates 0  10 steps/s  ETA 9s of training left plus 2 evaluations (not yet timed)"
     )
     assert third == "env steps 30/100  updates 10  10 steps/s  ETA 67s left (2 evaluations of ~30s included)"
+
+
+def test_finetune_progress_gives_no_eta_from_a_window_without_updates(monkeypatch, caplog):
+    """Before ``start_training`` the loop only collects, several times faster than it trains: a window that
+    began there must not promise an ETA at its rate; the first window after it must."""
+    clock = SimpleNamespace(t=0.0)
+    monkeypatch.setattr(progress, "time", SimpleNamespace(perf_counter=lambda: clock.t))
+    log = logging.getLogger("test.progress.start")
+    p = ProgressLog(log, total=100, every=10, env_steps=0, start_training=20)
+    with caplog.at_level(logging.INFO, logger="test.progress.start"):
+        for step, t in ((10, 0.1), (20, 0.2), (30, 10.2)):
+            clock.t = t
+            p.tick(step, max(0, step - 20))
+    first, second, third = (r.getMessage() for r in caplog.records)
+    assert first.endswith("100 steps/s  ETA not yet measured (collecting without updates until 20 env steps)")
+    assert second.endswith("ETA not yet measured (collecting without updates until 20 env steps)")
+    assert third == "env steps 30/100  updates 10  1 steps/s  ETA 70s left"
